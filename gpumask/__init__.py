@@ -6,8 +6,24 @@
     [[-100, -100, -100, -100, -100, -100, 6, 2]]
 """
 
+import importlib
+
 from gpumask.masking import mask_labels
 from gpumask.spec import MaskSpec, MaskSpecError
 
-__all__ = ["MaskSpec", "MaskSpecError", "mask_labels"]
+# Imported on first use, so that `import gpumask` does not pull in transformers.
+_LAZY = {
+    "CompletionCollator": "gpumask.collators",
+    "DataCollatorForCompletionOnlyLM": "gpumask.trl_compat",
+    "attach": "gpumask.integration",
+    "detach": "gpumask.integration",
+}
+
+__all__ = ["MaskSpec", "MaskSpecError", "mask_labels", *_LAZY]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'gpumask' has no attribute {name!r}")
