@@ -1,9 +1,9 @@
 """gpumask: completion-only training labels for chat fine-tuning, as batched tensor ops.
 
-    >>> import torch, gpumask
-    >>> spec = gpumask.MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
-    >>> gpumask.mask_labels(torch.tensor([[1, 10, 5, 2, 1, 11, 6, 2]]), spec).tolist()
-    [[-100, -100, -100, -100, -100, -100, 6, 2]]
+>>> import torch, gpumask
+>>> spec = gpumask.MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+>>> gpumask.mask_labels(torch.tensor([[1, 10, 5, 2, 1, 11, 6, 2]]), spec).tolist()
+[[-100, -100, -100, -100, -100, -100, 6, 2]]
 """
 
 import importlib

@@ -30,8 +30,9 @@ def _check_companion(name: str, value, input_ids: torch.Tensor, *, bool_ok: bool
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(value).__name__}")
     if value.shape != input_ids.shape:
-        raise ValueError(f"{name}: shape {tuple(value.shape)} does not match input_ids "
-                         f"{tuple(input_ids.shape)}")
+        raise ValueError(
+            f"{name}: shape {tuple(value.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
     if value.dtype not in _INTEGER_DTYPES and not (bool_ok and value.dtype == torch.bool):
         kinds = "bool or integer" if bool_ok else "integer"
         raise TypeError(f"{name}: expected a {kinds} tensor, got {value.dtype}")
@@ -46,8 +47,7 @@ def validate_inputs(
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids: expected a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dim() != 2:
-        raise ValueError(f"input_ids: expected shape [batch, length], got "
-                         f"{tuple(input_ids.shape)}")
+        raise ValueError(f"input_ids: expected shape [batch, length], got {tuple(input_ids.shape)}")
     if input_ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"input_ids: expected int32 or int64, got {input_ids.dtype}")
     if input_ids.shape[1] == 0:
@@ -62,28 +62,35 @@ def validate_inputs(
         if position_ids is not None:
             raise ValueError("cu_seqlens: give either position_ids or cu_seqlens, not both")
         if not isinstance(cu_seqlens, torch.Tensor):
-            raise TypeError(f"cu_seqlens: expected a torch.Tensor, got "
-                            f"{type(cu_seqlens).__name__}")
+            raise TypeError(f"cu_seqlens: expected a torch.Tensor, got {type(cu_seqlens).__name__}")
         if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens: expected a 1-D tensor of at least 2 offsets, got "
-                             f"shape {tuple(cu_seqlens.shape)}")
+            raise ValueError(
+                f"cu_seqlens: expected a 1-D tensor of at least 2 offsets, got "
+                f"shape {tuple(cu_seqlens.shape)}"
+            )
         if cu_seqlens.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"cu_seqlens: expected int32 or int64, got {cu_seqlens.dtype}")
         if cu_seqlens.device != input_ids.device:
-            raise ValueError(f"cu_seqlens: on {cu_seqlens.device}, but input_ids is on "
-                             f"{input_ids.device}")
+            raise ValueError(
+                f"cu_seqlens: on {cu_seqlens.device}, but input_ids is on {input_ids.device}"
+            )
         if input_ids.shape[0] != 1:
-            raise ValueError(f"cu_seqlens: needs a flattened batch of shape [1, N], "
-                             f"input_ids has shape {tuple(input_ids.shape)}")
+            raise ValueError(
+                f"cu_seqlens: needs a flattened batch of shape [1, N], "
+                f"input_ids has shape {tuple(input_ids.shape)}"
+            )
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
         raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
     if generator is not None:
         if not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator, got "
-                            f"{type(generator).__name__}")
+            raise TypeError(
+                f"generator: expected a torch.Generator, got {type(generator).__name__}"
+            )
         if generator.device.type != input_ids.device.type:
-            raise ValueError(f"generator: on {generator.device}, but input_ids is on "
-                             f"{input_ids.device}; pass torch.Generator(device=...)")
+            raise ValueError(
+                f"generator: on {generator.device}, but input_ids is on "
+                f"{input_ids.device}; pass torch.Generator(device=...)"
+            )
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
@@ -139,8 +146,9 @@ def mask_labels(
         >>> mask_labels(torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]]), spec).tolist()
         [[-100, -100, 6, 2, -100, -100, 7, 2]]
     """
-    validate_inputs(input_ids, spec, attention_mask, position_ids, cu_seqlens, ignore_index,
-                    generator, backend)
+    validate_inputs(
+        input_ids, spec, attention_mask, position_ids, cu_seqlens, ignore_index, generator, backend
+    )
     compiled = spec.compile(input_ids.device)
     real, seq_start = prepare_layout(input_ids, attention_mask, position_ids, cu_seqlens)
     uniforms = None
@@ -153,8 +161,9 @@ def mask_labels(
         from gpumask.triton_backend import mask_labels_triton as run
     else:
         run = mask_labels_torch
-    labels, trained, role_tokens = run(input_ids, compiled, real, seq_start, uniforms,
-                                       ignore_index, return_stats)
+    labels, trained, role_tokens = run(
+        input_ids, compiled, real, seq_start, uniforms, ignore_index, return_stats
+    )
     if not return_stats:
         return labels
     return labels, {"trained": trained, "role_tokens": role_tokens}

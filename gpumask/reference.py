@@ -182,8 +182,11 @@ def mask_labels_reference(
     all_labels, trained, role_tokens = [], [], []
     for b in range(batch):
         ids = input_ids[b].tolist()
-        real = [True] * length if attention_mask is None else [
-            bool(v) for v in attention_mask[b].tolist()]
+        real = (
+            [True] * length
+            if attention_mask is None
+            else [bool(v) for v in attention_mask[b].tolist()]
+        )
         pos = None if position_ids is None else position_ids[b].tolist()
         cu = None if cu_seqlens is None else cu_seqlens.tolist()
         seq = sequence_ids(length, real, pos, cu)

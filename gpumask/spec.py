@@ -93,8 +93,10 @@ class CompiledSpec:
 
 
 def _is_id_list(value: Any) -> bool:
-    return isinstance(value, Sequence) and not isinstance(value, str) and all(
-        isinstance(x, int) and not isinstance(x, bool) for x in value
+    return (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
     )
 
 
@@ -124,16 +126,19 @@ def _alternatives(value: Any, what: str, tokenizer: Any) -> list[tuple[int, ...]
     elif isinstance(value, Sequence) and value:
         items = list(value)
     else:
-        raise MaskSpecError(f"{what}: expected a str, a list of token ids or a list of these, "
-                            f"got {value!r}")
+        raise MaskSpecError(
+            f"{what}: expected a str, a list of token ids or a list of these, got {value!r}"
+        )
     out: list[tuple[int, ...]] = []
     for item in items:
         if isinstance(item, str):
             if not item:
                 raise MaskSpecError(f"{what}: empty marker ''")
             if tokenizer is None:
-                raise MaskSpecError(f"{what}: marker {item!r} is a str; pass tokenizer= to "
-                                    "encode it, or give token ids")
+                raise MaskSpecError(
+                    f"{what}: marker {item!r} is a str; pass tokenizer= to "
+                    "encode it, or give token ids"
+                )
             encoded = _encode_in_context(tokenizer, item)
             if not encoded:
                 raise MaskSpecError(f"{what}: marker {item!r} encodes to no tokens")
@@ -145,8 +150,7 @@ def _alternatives(value: Any, what: str, tokenizer: Any) -> list[tuple[int, ...]
             if ids not in out:
                 out.append(ids)
         else:
-            raise MaskSpecError(f"{what}: expected a str or a list of int token ids, "
-                                f"got {item!r}")
+            raise MaskSpecError(f"{what}: expected a str or a list of int token ids, got {item!r}")
     return out
 
 
@@ -190,8 +194,9 @@ class MaskSpec:
         vocab_size: int | None = None,
     ) -> None:
         if not isinstance(roles, Mapping) or not roles:
-            raise MaskSpecError(f"roles: expected a non-empty dict of role -> header marker(s), "
-                                f"got {roles!r}")
+            raise MaskSpecError(
+                f"roles: expected a non-empty dict of role -> header marker(s), got {roles!r}"
+            )
         role_names = tuple(roles)
         for name in role_names:
             if not isinstance(name, str) or not name:
@@ -208,8 +213,9 @@ class MaskSpec:
         spans = []
         for i, pair in enumerate(masked_spans):
             if not isinstance(pair, Sequence) or isinstance(pair, str) or len(pair) != 2:
-                raise MaskSpecError(f"masked_spans[{i}]: expected an (open, close) pair, "
-                                    f"got {pair!r}")
+                raise MaskSpecError(
+                    f"masked_spans[{i}]: expected an (open, close) pair, got {pair!r}"
+                )
             opens = tuple(_alternatives(pair[0], f"masked_spans[{i}] open", tokenizer))
             closes = tuple(_alternatives(pair[1], f"masked_spans[{i}] close", tokenizer))
             spans.append((opens, closes))
@@ -219,11 +225,13 @@ class MaskSpec:
         train_roles = tuple(train_roles)
         for role in train_roles:
             if role not in headers:
-                raise MaskSpecError(f"train_roles: unknown role {role!r}; roles are "
-                                    f"{list(role_names)}")
+                raise MaskSpecError(
+                    f"train_roles: unknown role {role!r}; roles are {list(role_names)}"
+                )
         if initial_role is not None and initial_role not in headers:
-            raise MaskSpecError(f"initial_role: unknown role {initial_role!r}; roles are "
-                                f"{list(role_names)}")
+            raise MaskSpecError(
+                f"initial_role: unknown role {initial_role!r}; roles are {list(role_names)}"
+            )
         if isinstance(ignore_token_prob, bool) or not isinstance(ignore_token_prob, int | float):
             raise MaskSpecError(f"ignore_token_prob: expected a number, got {ignore_token_prob!r}")
         if not 0.0 <= float(ignore_token_prob) <= 1.0:
@@ -276,23 +284,36 @@ class MaskSpec:
         for marker in markers:
             bad = [i for i in marker.ids if i < 0 or (self._vocab_size and i >= self._vocab_size)]
             if bad:
-                limit = f"[0, {self._vocab_size})" if self._vocab_size else "ids >= 0"
-                raise MaskSpecError(f"{marker.name}: token id {bad[0]} of marker "
-                                    f"{list(marker.ids)} is outside the vocabulary ({limit})")
+                limit = f"[0, {self._vocab_size})" if self._vocab_size else "(ids are >= 0)"
+                raise MaskSpecError(
+                    f"{marker.name}: token id {bad[0]} of marker "
+                    f"{list(marker.ids)} is outside the vocabulary {limit}"
+                )
             if marker.ids in seen:
-                raise MaskSpecError(f"{marker.name}: marker {list(marker.ids)} is also the "
-                                    f"{seen[marker.ids].name}; a marker can mean one thing only")
+                raise MaskSpecError(
+                    f"{marker.name}: marker {list(marker.ids)} is also the "
+                    f"{seen[marker.ids].name}; a marker can mean one thing only"
+                )
             seen[marker.ids] = marker
         if len(markers) > MAX_MARKERS:
-            raise MaskSpecError(f"too many markers: {len(markers)} alternatives in all, at most "
-                                f"{MAX_MARKERS}")
+            raise MaskSpecError(
+                f"too many markers: {len(markers)} alternatives in all, at most {MAX_MARKERS}"
+            )
         return tuple(sorted(markers, key=lambda m: -len(m.ids)))
 
     # --- identity ---------------------------------------------------------------------------
     def _key(self) -> tuple:
-        return (tuple(self._roles.items()), self._end_of_turn, self._masked_spans,
-                self._train_roles, self._train_on_end_of_turn, self._last_turn_only,
-                self._initial_role, self._ignore_token_ids, self._ignore_token_prob)
+        return (
+            tuple(self._roles.items()),
+            self._end_of_turn,
+            self._masked_spans,
+            self._train_roles,
+            self._train_on_end_of_turn,
+            self._last_turn_only,
+            self._initial_role,
+            self._ignore_token_ids,
+            self._ignore_token_prob,
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MaskSpec) and self._key() == other._key()
@@ -301,15 +322,19 @@ class MaskSpec:
         return hash(self._key())
 
     def replace(self, **changes: Any) -> MaskSpec:
-        """A copy with some options changed (markers as ids), e.g. `spec.replace(last_turn_only=True)`."""
+        """A copy with some options changed, e.g. `spec.replace(last_turn_only=True)`."""
         kwargs: dict[str, Any] = dict(
             roles={k: [list(a) for a in v] for k, v in self._roles.items()},
             end_of_turn=[list(a) for a in self._end_of_turn] or None,
-            masked_spans=[([list(a) for a in o], [list(a) for a in c])
-                          for o, c in self._masked_spans],
-            train_roles=self._train_roles, train_on_end_of_turn=self._train_on_end_of_turn,
-            last_turn_only=self._last_turn_only, initial_role=self._initial_role,
-            ignore_token_ids=self._ignore_token_ids, ignore_token_prob=self._ignore_token_prob,
+            masked_spans=[
+                ([list(a) for a in o], [list(a) for a in c]) for o, c in self._masked_spans
+            ],
+            train_roles=self._train_roles,
+            train_on_end_of_turn=self._train_on_end_of_turn,
+            last_turn_only=self._last_turn_only,
+            initial_role=self._initial_role,
+            ignore_token_ids=self._ignore_token_ids,
+            ignore_token_prob=self._ignore_token_prob,
             vocab_size=self._vocab_size,
         )
         kwargs.update(changes)
@@ -334,17 +359,21 @@ class MaskSpec:
             lines.append(f"  end_of_turn: {alts(self._end_of_turn)}")
         for opens, closes in self._masked_spans:
             lines.append(f"  masked span: {alts(opens)} ... {alts(closes)}")
-        lines.append(f"  train_roles={self._train_roles}, "
-                     f"train_on_end_of_turn={self._train_on_end_of_turn}, "
-                     f"last_turn_only={self._last_turn_only}, initial_role={self._initial_role!r}")
+        lines.append(
+            f"  train_roles={self._train_roles}, "
+            f"train_on_end_of_turn={self._train_on_end_of_turn}, "
+            f"last_turn_only={self._last_turn_only}, initial_role={self._initial_role!r}"
+        )
         if self._ignore_token_ids:
-            lines.append(f"  ignore_token_ids={list(self._ignore_token_ids)} "
-                         f"(prob {self._ignore_token_prob})")
+            lines.append(
+                f"  ignore_token_ids={list(self._ignore_token_ids)} "
+                f"(prob {self._ignore_token_prob})"
+            )
         return "\n".join(lines) + "\n)"
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **overrides: Any) -> MaskSpec:
-        """Read the chat format off `tokenizer.chat_template` (see :mod:`gpumask.chat_templates`)."""
+        """Read the chat format off `tokenizer.chat_template` (:mod:`gpumask.chat_templates`)."""
         from gpumask.chat_templates import spec_from_tokenizer
 
         return spec_from_tokenizer(tokenizer, **overrides)
@@ -374,16 +403,19 @@ class MaskSpec:
                 else:
                     tables[k, :] |= 1 << bit
         length_ok = torch.tensor(
-            [sum(1 << b for b, m in enumerate(markers) if len(m.ids) <= r)
-             for r in range(max_len + 1)],
+            [
+                sum(1 << b for b, m in enumerate(markers) if len(m.ids) <= r)
+                for r in range(max_len + 1)
+            ],
             dtype=torch.int64,
         )
         role_names = self.role_names
         train_role = torch.tensor(
             [name in self._train_roles for name in role_names] + [False], dtype=torch.bool
         )
-        initial = len(role_names) if self._initial_role is None else role_names.index(
-            self._initial_role)
+        initial = (
+            len(role_names) if self._initial_role is None else role_names.index(self._initial_role)
+        )
         return CompiledSpec(
             match_tables=tables.to(device),
             ids=ids.to(device),

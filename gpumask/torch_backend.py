@@ -132,9 +132,7 @@ def mask_labels_torch(
 
     header_start = kind == HEADER
     eot_end = end_kind == END_OF_TURN
-    role_code = torch.where(
-        header_start, arg, torch.where(seq_start, c.initial_role, none_role)
-    )
+    role_code = torch.where(header_start, arg, torch.where(seq_start, c.initial_role, none_role))
     role_event = seq_start | header_start | eot_end
     role = role_code.gather(1, _last_event(role_event, positions))
 
@@ -148,8 +146,9 @@ def mask_labels_torch(
     else:
         close_end = end_kind == SPAN_CLOSE
         close_arg = _shift_right(torch.where(ends_here, arg.gather(1, last_start), 0), 0)
-        state = _span_automaton(seq_start, header_start, eot_end, open_start, arg,
-                                close_end, close_arg, c.n_spans)
+        state = _span_automaton(
+            seq_start, header_start, eot_end, open_start, arg, close_end, close_arg, c.n_spans
+        )
         in_span = state != 0
 
     trained = c.train_role[role] & ~(covered & (cover_kind == HEADER))
@@ -160,8 +159,7 @@ def mask_labels_torch(
     if real is not None:
         trained &= real
     if c.last_turn_only:
-        turn_start = (header_start & c.train_role[arg]) | (
-            seq_start & c.train_role[c.initial_role])
+        turn_start = (header_start & c.train_role[arg]) | (seq_start & c.train_role[c.initial_role])
         turn = torch.cumsum(turn_start, dim=1)
         trained &= turn == turn.gather(1, seq_end - 1)
     if c.ignore_ids.numel() and c.ignore_token_prob > 0.0:

@@ -1,0 +1,39 @@
+"""The torch backend against the reference oracle on random formats, streams and layouts."""
+
+import torch
+from hypothesis import given, settings
+from strategies import masking_cases
+
+from gpumask import mask_labels
+from gpumask.reference import mask_labels_reference
+
+
+def run_both(case, fn):
+    spec, input_ids, kwargs, seed = case
+    got = fn(
+        input_ids, spec, generator=torch.Generator().manual_seed(seed), return_stats=True, **kwargs
+    )
+    want = mask_labels_reference(
+        input_ids, spec, generator=torch.Generator().manual_seed(seed), return_stats=True, **kwargs
+    )
+    return got, want
+
+
+def assert_same(got, want):
+    (labels, stats), (ref_labels, ref_stats) = got, want
+    assert labels.dtype == ref_labels.dtype
+    assert labels.tolist() == ref_labels.tolist()
+    assert stats["trained"].tolist() == ref_stats["trained"].tolist()
+    assert stats["role_tokens"].tolist() == ref_stats["role_tokens"].tolist()
+
+
+@settings(max_examples=2500, deadline=None, derandomize=True)
+@given(masking_cases())
+def test_torch_backend_matches_oracle(case):
+    assert_same(*run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k)))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(masking_cases(max_batch=2, max_length=300))
+def test_torch_backend_matches_oracle_on_longer_rows(case):
+    assert_same(*run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k)))

@@ -1,0 +1,52 @@
+"""How mask_labels runs: under torch.compile, on long rows, without host synchronisation."""
+
+import torch
+from chatml import parse, spec
+
+from gpumask import mask_labels
+
+
+def test_traces_under_torch_compile_fullgraph_with_no_graph_break():
+    chat = spec(masked_spans=[([8], [9])], last_turn_only=True)
+    ids, expected = parse("@user q E nl @assistant a E nl @assistant *b <tr> x </tr> *c *E nl")
+    position_ids = torch.arange(ids.shape[1])[None]
+
+    def step(input_ids, position_ids):
+        return mask_labels(input_ids, chat, position_ids=position_ids, return_stats=True)
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager", dynamic=False)
+    labels, stats = compiled(ids, position_ids)
+    assert labels[0].tolist() == expected
+    assert stats["trained"].tolist() == [3]
+
+
+def test_compiled_with_inductor_gives_the_same_labels():
+    chat = spec(masked_spans=[([8], [9])])
+    ids, expected = parse("@user q E nl @assistant *a <tr> x </tr> *c *E nl @tool t E")
+    compiled = torch.compile(lambda x: mask_labels(x, chat), fullgraph=True)
+    assert compiled(ids)[0].tolist() == expected
+
+
+def test_several_span_kinds_trace_under_torch_compile():
+    chat = spec(masked_spans=[([8], [9]), ([10], [11])])
+    ids, expected = parse("@assistant *a <tr> x </tc> </tr> *b <tc> y </tc> *E")
+    compiled = torch.compile(lambda x: mask_labels(x, chat), fullgraph=True, backend="eager")
+    assert compiled(ids)[0].tolist() == expected
+
+
+def test_one_row_of_131072_tokens_is_masked_like_its_pieces():
+    row, expected = parse("@user q r E nl @assistant *a *b <tr> x </tr> *E nl")
+    repeats = 131072 // row.shape[1] + 1
+    ids = row.repeat(1, repeats)[:, :131072]
+    chat = spec(masked_spans=[([8], [9])])
+    labels = mask_labels(ids, chat)
+    assert labels.shape == (1, 131072)
+    assert labels[0].tolist() == (expected * repeats)[:131072]
+
+
+def test_batch_of_64_by_8192():
+    row, expected = parse("@system s E nl @user q E nl @assistant *a *E nl @tool t E nl")
+    repeats = 8192 // row.shape[1] + 1
+    ids = row.repeat(64, repeats)[:, :8192]
+    labels = mask_labels(ids, spec())
+    assert torch.equal(labels, torch.tensor([(expected * repeats)[:8192]] * 64))

@@ -1,0 +1,78 @@
+"""MaskSpec: markers from strings in context, identity, compilation, repr."""
+
+import os
+
+import pytest
+import torch
+from conftest import TOKENIZERS
+from transformers import AutoTokenizer
+
+from gpumask import MaskSpec, mask_labels
+
+
+@pytest.fixture(scope="module")
+def mistral():
+    return AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "mistral7b_v01"))
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "qwen2_5"))
+
+
+def test_str_marker_is_matched_after_a_newline_a_space_and_a_letter(mistral):
+    spec = MaskSpec(roles={"assistant": "### Assistant:", "user": "### User:"}, tokenizer=mistral)
+    assert len(spec.roles["assistant"]) >= 2  # SentencePiece splits it differently in context
+    for before in ["Hello.\n", "Hello. ", "Hello"]:
+        text = f"### User: hi{before}### Assistant: fine"
+        ids = mistral(text, add_special_tokens=False)["input_ids"]
+        labels = mask_labels(torch.tensor([ids]), spec)[0].tolist()
+        trained = [i for i, label in zip(ids, labels) if label != -100]
+        assert mistral.decode(trained).strip() == "fine", before
+
+
+def test_every_context_tokenization_is_an_alternative(mistral):
+    spec = MaskSpec(roles={"assistant": "[/INST]"}, tokenizer=mistral)
+    for before in ["", "\n", " ", "a"]:
+        ids = mistral.encode(before + "[/INST]", add_special_tokens=False)
+        assert any(tuple(ids[-len(alt) :]) == alt for alt in spec.roles["assistant"]), before
+
+
+def test_special_token_marker_has_one_alternative(qwen):
+    spec = MaskSpec(
+        roles={"assistant": "<|im_start|>assistant\n"}, end_of_turn="<|im_end|>", tokenizer=qwen
+    )
+    assert spec.roles["assistant"] == ((151644, 77091, 198),)
+    assert spec.end_of_turn == ((151645,),)
+    assert spec.vocab_size == len(qwen)
+
+
+def test_repr_shows_markers_decoded(qwen):
+    spec = MaskSpec(
+        roles={"assistant": "<|im_start|>assistant\n"}, end_of_turn="<|im_end|>", tokenizer=qwen
+    )
+    text = repr(spec)
+    assert "role 'assistant': '<|im_start|>assistant\\n'=[151644, 77091, 198]" in text
+    assert "end_of_turn: '<|im_end|>'=[151645]" in text
+
+
+def test_equal_specs_hash_alike_and_replace_changes_one_option():
+    a = MaskSpec(roles={"assistant": [1, 2]}, end_of_turn=[3])
+    b = MaskSpec(roles={"assistant": [[1, 2]]}, end_of_turn=[[3]])
+    assert a == b and hash(a) == hash(b)
+    c = a.replace(last_turn_only=True)
+    assert c != a and c.last_turn_only and c.roles == a.roles
+
+
+def test_compile_is_cached_per_device():
+    spec = MaskSpec(roles={"assistant": [1, 2], "user": [1, 3]}, end_of_turn=[4])
+    assert spec.compile("cpu") is spec.compile(torch.device("cpu"))
+    compiled = spec.compile("cpu")
+    assert compiled.max_len == 2 and compiled.n_roles == 2
+    # marker bit m at offset k: header [1, 2] and [1, 3] both accept id 1 first
+    assert compiled.match_tables[0, 1].item() == 0b011
+
+
+def test_markers_are_sorted_longest_first():
+    spec = MaskSpec(roles={"assistant": [1], "user": [1, 2, 3]}, end_of_turn=[4, 5])
+    assert [len(m.ids) for m in spec.markers] == [3, 2, 1]
