@@ -1,0 +1,259 @@
+"""Show which tokens train: conversations with trained tokens highlighted, and counts per role.
+
+Shared by ``gpumask show`` (:mod:`gpumask.cli`) and the demo. :func:`mask_rows` masks token-id
+rows with :func:`gpumask.mask_labels` and explains every row in which nothing trains;
+:func:`format_row` prints one row (ANSI colours, or ``[[...]]`` around trained text without
+them), :func:`format_summary` the totals, :func:`html_page` all of it as one HTML page.
+
+Example::
+
+    >>> from gpumask import MaskSpec
+    >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+    >>> rows = mask_rows([[1, 10, 5, 2, 1, 11, 6, 2], [1, 10, 5, 2]], spec)
+    >>> rows[0].trained
+    (False, False, False, False, False, False, True, True)
+    >>> rows[0].role_tokens
+    {'user': 4, 'assistant': 4, '(no role)': 0}
+    >>> rows[1].reason
+    "no header of a trained role ('assistant') found"
+    >>> decode = lambda ids: "".join(f"<{i}>" for i in ids)
+    >>> format_row(rows[0], decode, color=False)
+    '<1><10><5><2><1><11>[[<6><2>]]'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+from collections.abc import Callable, Sequence
+
+import torch
+
+from gpumask.collators import untrained_reason
+from gpumask.masking import mask_labels
+from gpumask.spec import MaskSpec
+
+NO_ROLE = "(no role)"
+TRAINED_ANSI, OTHER_ANSI, RESET_ANSI = "\x1b[1;30;42m", "\x1b[2m", "\x1b[0m"
+TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
+# Context decoded before a run of tokens, so that a run's text is what it adds to its context
+# (SentencePiece leading spaces, characters split over byte-level tokens).
+_CONTEXT = 8
+
+Decode = Callable[[list[int]], str]
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedRow:
+    """One masked row: its ids, which of them train, tokens per role, and why none train.
+
+    `role_tokens` counts the row's tokens by role (a header's tokens count with the role it
+    opens; `"(no role)"` counts tokens outside any turn). `reason` is None when a token trains.
+    """
+
+    ids: tuple[int, ...]
+    trained: tuple[bool, ...]
+    role_tokens: dict[str, int]
+    reason: str | None
+
+    @property
+    def n_trained(self) -> int:
+        return sum(self.trained)
+
+
+def mask_rows(rows: Sequence[Sequence[int]], spec: MaskSpec) -> list[MaskedRow]:
+    """Mask `rows` (lists of token ids, any lengths) as one padded batch, with explanations.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> [r.n_trained for r in mask_rows([[1, 11, 6, 7, 2], [1, 10, 5]], spec)]
+        [3, 0]
+    """
+    rows = [[int(i) for i in row] for row in rows]
+    if not rows:
+        return []
+    length = max(1, max(len(row) for row in rows))
+    ids = torch.zeros(len(rows), length, dtype=torch.int64)
+    mask = torch.zeros(len(rows), length, dtype=torch.int64)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row, dtype=torch.int64)
+        mask[b, : len(row)] = 1
+    labels, stats = mask_labels(ids, spec, attention_mask=mask, return_stats=True)
+    names = [*spec.role_names, NO_ROLE]
+    out = []
+    for b, row in enumerate(rows):
+        trained = tuple(bool(x) for x in (labels[b, : len(row)] != -100).tolist())
+        counts = dict(zip(names, stats["role_tokens"][b].tolist(), strict=True))
+        reason = None if any(trained) else explain_untrained(row, spec, counts)
+        out.append(MaskedRow(tuple(row), trained, counts, reason))
+    return out
+
+
+def _trains(row: list[int], spec: MaskSpec) -> bool:
+    return bool((mask_labels(torch.tensor([row]), spec) != -100).any())
+
+
+def explain_untrained(row: Sequence[int], spec: MaskSpec, role_tokens: dict[str, int]) -> str:
+    """Why no token of `row` trains under `spec` (`role_tokens` as in :class:`MaskedRow`).
+
+    Says what :func:`gpumask.collators.untrained_reason` says, and when a trained role's
+    header is there, tries the spec without each option that can mask a trained turn and
+    names the first whose removal would train something.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> explain_untrained([1, 10, 5, 2, 1, 11], spec, {"user": 4, "assistant": 2})
+        "every 'assistant' turn is empty: the row may be truncated right after a header"
+    """
+    row = [int(i) for i in row]
+    roles = ", ".join(repr(r) for r in spec.train_roles)
+    if not row or not any(role_tokens.get(r, 0) for r in spec.train_roles):
+        counts = [role_tokens.get(name, 0) for name in (*spec.role_names, NO_ROLE)]
+        return untrained_reason(spec, row, counts)
+    if spec.masked_spans and _trains(row, spec.replace(masked_spans=())):
+        return f"every {roles} token lies inside a masked span"
+    if spec.ignore_token_ids and _trains(row, spec.replace(ignore_token_ids=())):
+        return f"every {roles} token is in ignore_token_ids"
+    if not spec.train_on_end_of_turn and _trains(row, spec.replace(train_on_end_of_turn=True)):
+        return f"the {roles} turns hold only their end-of-turn token (train_on_end_of_turn=False)"
+    return f"every {roles} turn is empty: the row may be truncated right after a header"
+
+
+def segments(ids: Sequence[int], trained: Sequence[bool], decode: Decode) -> list[tuple[str, bool]]:
+    """The row's text cut into runs of trained and untrained tokens: `[(text, trained), ...]`.
+
+    Example::
+
+        >>> segments([5, 6, 7], [False, True, True], lambda ids: "".join(map(str, ids)))
+        [('5', False), ('67', True)]
+    """
+    out: list[tuple[str, bool]] = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or trained[end] != trained[start]:
+            before = list(ids[max(0, start - _CONTEXT) : start])
+            context = decode(before) if before else ""
+            text = decode(before + list(ids[start:end]))
+            text = (
+                text[len(context) :] if text.startswith(context) else decode(list(ids[start:end]))
+            )
+            out.append((text, bool(trained[start])))
+            start = end
+    return out
+
+
+def _ansi(text: str, style: str) -> str:
+    # Style each line on its own, so a highlight never runs past the end of a line.
+    return "\n".join(f"{style}{line}{RESET_ANSI}" if line else "" for line in text.split("\n"))
+
+
+def format_row(row: MaskedRow, decode: Decode, color: bool = True) -> str:
+    """The row's text with trained tokens highlighted (ANSI), or between [[ ]] without colour."""
+    parts = []
+    for text, trained in segments(row.ids, row.trained, decode):
+        if color:
+            parts.append(_ansi(text, TRAINED_ANSI if trained else OTHER_ANSI))
+        else:
+            parts.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
+    return "".join(parts)
+
+
+def legend(color: bool) -> str:
+    """One line that says how trained tokens are shown."""
+    if color:
+        return f"trained tokens: {_ansi('highlighted', TRAINED_ANSI)}, others dimmed"
+    return f"trained tokens: between {TRAINED_OPEN} and {TRAINED_CLOSE}"
+
+
+def row_heading(row: MaskedRow, name: str) -> str:
+    """E.g. `line 2: 12 of 40 tokens trained (30.0%); user 20, assistant 15, (no role) 5`."""
+    total = len(row.ids)
+    share = f" ({100 * row.n_trained / total:.1f}%)" if total else ""
+    roles = ", ".join(f"{role} {n}" for role, n in row.role_tokens.items() if n)
+    text = f"{name}: {row.n_trained} of {total} tokens trained{share}"
+    return f"{text}; {roles}" if roles else text
+
+
+def totals(rows: Sequence[MaskedRow]) -> dict[str, int]:
+    """Tokens per role over all rows, in the order of the first row's roles."""
+    out: dict[str, int] = {}
+    for row in rows:
+        for role, n in row.role_tokens.items():
+            out[role] = out.get(role, 0) + n
+    return out
+
+
+def format_summary(rows: Sequence[MaskedRow], names: Sequence[str] | None = None) -> str:
+    """Tokens per role, the trained share, and every row in which nothing trains, with why.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> print(format_summary(mask_rows([[1, 10, 5, 2, 1, 11, 6, 2], [1, 10, 5, 2]], spec)))
+        2 rows, 12 tokens, 2 trained (16.7%)
+        role       tokens  share
+        user            8  66.7%
+        assistant       4  33.3%
+        (no role)       0   0.0%
+        1 row with no trained token:
+          row 1: no header of a trained role ('assistant') found
+    """
+    names = list(names) if names is not None else [f"row {i}" for i in range(len(rows))]
+    tokens = sum(len(r.ids) for r in rows)
+    trained = sum(r.n_trained for r in rows)
+
+    def pct(n: int) -> str:
+        return f"{100 * n / tokens:.1f}%" if tokens else "-"
+
+    plural = "" if len(rows) == 1 else "s"
+    lines = [f"{len(rows)} row{plural}, {tokens} tokens, {trained} trained ({pct(trained)})"]
+    counts = totals(rows)
+    width = max([len("role"), *(len(r) for r in counts)])
+    lines.append(f"{'role':<{width}}  {'tokens':>6}  {'share':>5}")
+    lines += [f"{role:<{width}}  {n:>6}  {pct(n):>5}" for role, n in counts.items()]
+    empty = [(name, r) for name, r in zip(names, rows, strict=True) if r.reason is not None]
+    if empty:
+        lines.append(f"{len(empty)} row{'' if len(empty) == 1 else 's'} with no trained token:")
+        lines += [f"  {name}: {r.reason}" for name, r in empty]
+    else:
+        lines.append("every row trains at least one token")
+    return "\n".join(lines)
+
+
+def html_page(
+    rows: Sequence[MaskedRow],
+    decode: Decode,
+    names: Sequence[str] | None = None,
+    title: str = "gpumask: trained tokens",
+    header: str = "",
+) -> str:
+    """A self-contained HTML page: the summary, then every row with trained tokens highlighted.
+
+    `header` (plain text, e.g. the spec's repr) is shown under the title.
+    """
+    names = list(names) if names is not None else [f"row {i}" for i in range(len(rows))]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if header:
+        body.append(f"<pre class='spec'>{html.escape(header)}</pre>")
+    body.append(f"<pre class='summary'>{html.escape(format_summary(rows, names))}</pre>")
+    body.append("<p>Trained tokens are <span class='t'>highlighted</span>.</p>")
+    for name, row in zip(names, rows, strict=True):
+        spans = "".join(
+            f"<span class='t'>{html.escape(text)}</span>" if trained else html.escape(text)
+            for text, trained in segments(row.ids, row.trained, decode)
+        )
+        body.append(f"<h2>{html.escape(row_heading(row, name))}</h2><pre>{spans}</pre>")
+        if row.reason:
+            body.append(f"<p class='why'>No token trains: {html.escape(row.reason)}</p>")
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}"
+        "pre{white-space:pre-wrap;background:#f6f8fa;padding:1em;border-radius:6px;color:#777}"
+        "pre.summary,pre.spec{color:#000}"
+        ".t{background:#b7f0b1;color:#000}.why{color:#b00}h2{font-size:1em}"
+    )
+    return (
+        f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}"
+        f"</title><style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
