@@ -73,6 +73,10 @@ class CompiledSpec:
     - `length_ok` `[K + 1]` int64: bits of markers no longer than r, for r tokens left.
     - `train_role` `[R + 1]` bool: which role codes train (code R is "no role").
     - `ignore_ids` `[I]`: ids in `ignore_token_ids`.
+    - `match_words`: `match_tables` in int32 when the markers fit in 31 bits (else the same).
+    - `key_info` `[4, 128]` int32, indexed by `key = lowest set bit % 67` (0 when nothing
+      matches; 2**m % 67 is distinct for every m < 64): rows are the marker's length, kind,
+      arg, and the marker index; keys that name no marker have length 0 and kind -1.
     """
 
     match_tables: torch.Tensor
@@ -90,6 +94,8 @@ class CompiledSpec:
     train_on_end_of_turn: bool
     last_turn_only: bool
     ignore_token_prob: float
+    match_words: torch.Tensor
+    key_info: torch.Tensor
 
 
 def _is_id_list(value: Any) -> bool:
@@ -413,6 +419,12 @@ class MaskSpec:
         train_role = torch.tensor(
             [name in self._train_roles for name in role_names] + [False], dtype=torch.bool
         )
+        key_info = torch.zeros(4, 128, dtype=torch.int32)
+        key_info[1] = -1
+        for bit, marker in enumerate(markers):
+            key = (1 << bit) % 67
+            key_info[:, key] = torch.tensor([len(marker.ids), marker.kind, marker.arg, bit])
+        words = tables.to(torch.int32) if len(markers) <= 31 else tables
         initial = (
             len(role_names) if self._initial_role is None else role_names.index(self._initial_role)
         )
@@ -432,4 +444,6 @@ class MaskSpec:
             train_on_end_of_turn=self._train_on_end_of_turn,
             last_turn_only=self._last_turn_only,
             ignore_token_prob=self._ignore_token_prob,
+            match_words=words.to(device),
+            key_info=key_info.to(device),
         )

@@ -3,47 +3,40 @@
 Every step is a whole-batch op of shape `[B, T]`, so it runs wherever the tensors are, with
 static shapes and no host-device synchronisation:
 
-1. Matching, with no `[B, T, M]` tensor: `match_tables[k]` maps a token id to the bits of
-   the markers that accept it at offset k, so AND-ing `K` table look-ups (K = longest marker)
-   gives, per start, the bits of every marker that matches there. Its lowest bit is the
-   longest match (markers are sorted longest first); `x & -x` isolates it and `% 67` names it
-   (2**i % 67 differs for every i < 64).
+1. Matching, with no `[B, T, M]` tensor: `match_words[k]` maps a token id to the bits of the
+   markers that accept it at offset k, so AND-ing `K` table look-ups (K = longest marker)
+   gives, per start, the bits of every marker that matches there. Markers are sorted longest
+   first, so the lowest set bit is the longest match: `x & -x` isolates it and `% 67` turns
+   it into a small key (2**m % 67 differs for every m < 64) that indexes `key_info`.
 2. Overlaps: a start is kept when it lies at or past the running maximum (`cummax`) of the
    ends of every earlier match.
-3. State: each kept start covers `len` tokens (the last kept start at or before t, by
-   `cummax`, tells which). Role and span state are "the last event at or before t", read by
-   one more `cummax` over event positions. With two or more span kinds the span state is a
-   small automaton, composed by a log-depth scan.
+3. State: "the last event at or before t", for the covering occurrence, the role and the
+   span, is one `cummax` each over `position * 2**bits + code`: the maximum is the last
+   event, and its low bits carry its code, so no gather is needed. With two or more span
+   kinds the span state is a small automaton, composed by a log-depth scan.
+
+Positions are int32 (rows up to 2**24 tokens), which halves the memory traffic of the scans.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, CompiledSpec
 
-# 2**i % 67 is distinct for i in 0..63: this table turns a power of two back into i.
-_LOG2_BY_MOD67 = [0] * 67
-for _i in range(63):
-    _LOG2_BY_MOD67[(1 << _i) % 67] = _i
-_LOG2_CACHE: dict[torch.device, torch.Tensor] = {}
+KEY_BITS = 7  # keys are < 128
 
 
-def _log2_table(device: torch.device) -> torch.Tensor:
-    table = _LOG2_CACHE.get(device)
-    if table is None:
-        table = _LOG2_CACHE[device] = torch.tensor(_LOG2_BY_MOD67, device=device)
-    return table
-
-
-def _shift_right(x: torch.Tensor, fill) -> torch.Tensor:
+def _shift_right(x: torch.Tensor, fill: int) -> torch.Tensor:
     """x[:, t - 1] at t, `fill` at t = 0."""
-    return torch.nn.functional.pad(x[:, :-1], (1, 0), value=fill)
+    return F.pad(x[:, :-1], (1, 0), value=fill)
 
 
-def _last_event(event: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Index of the last position <= t where `event` holds (-1 before the first)."""
-    return torch.cummax(torch.where(event, positions, -1), dim=1).values
+def _last_code(event: torch.Tensor, scaled_positions: torch.Tensor, code, bits: int):
+    """The code of the last event at or before t (low `bits` bits; all ones before any)."""
+    packed = torch.where(event, scaled_positions + code, -1)
+    return torch.cummax(packed, dim=1).values & ((1 << bits) - 1)
 
 
 def _span_automaton(
@@ -54,16 +47,17 @@ def _span_automaton(
     Each token maps the state before it to the state after it; the maps are composed with a
     Hillis-Steele scan (log2(T) steps of a gather over the n_spans + 1 states).
     """
-    batch, length = seq_start.shape
-    states = torch.arange(n_spans + 1, device=seq_start.device)
+    batch, length = header_start.shape
+    states = torch.arange(n_spans + 1, device=header_start.device)
     f = states.expand(batch, length, n_spans + 1)
     f = torch.where((seq_start | eot_end)[..., None], 0, f)
-    f = torch.where((close_end & ~seq_start)[..., None] & (f == close_arg[..., None] + 1), 0, f)
+    close_arg = close_arg.long()[..., None]
+    f = torch.where((close_end & ~seq_start)[..., None] & (f == close_arg + 1), 0, f)
     f = torch.where(header_start[..., None], 0, f)
-    f = torch.where(open_start[..., None] & (f == 0), open_arg[..., None] + 1, f)
+    f = torch.where(open_start[..., None] & (f == 0), open_arg.long()[..., None] + 1, f)
     step = 1
     while step < length:
-        earlier = torch.nn.functional.pad(f[:, :-step], (0, 0, step, 0))
+        earlier = F.pad(f[:, :-step], (0, 0, step, 0))
         earlier[:, :step] = states
         f = torch.gather(f, 2, earlier)
         step *= 2
@@ -88,71 +82,74 @@ def mask_labels_torch(
     c = compiled
     batch, length = input_ids.shape
     device = input_ids.device
-    vocab = c.match_tables.shape[1] - 1
-    positions = torch.arange(length, device=device).expand(batch, length)
-    none_role = c.n_roles
+    index_type = torch.int32 if length < 2**24 else torch.int64
+    positions = torch.arange(length, dtype=index_type, device=device)
+    key_length, key_kind, key_arg = c.key_info[:3].to(index_type)
+    vocab = c.match_words.shape[1] - 1
+    role_bits = max(c.n_roles.bit_length(), 1)
 
-    # 1. Matching: bits of the markers that match at each start.
-    ids = input_ids.long()
-    unused = (ids < 0) | (ids >= vocab)
+    # 1. Matching: the key of the longest marker that matches at each start (0: none).
+    ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: "no marker uses it"
     if real is not None:
-        unused |= ~real
-    ids = ids.masked_fill(unused, vocab)
-    hits = c.match_tables[0][ids]
+        ids = ids.masked_fill(~real, vocab)
+    hits = torch.take(c.match_words[0], ids)
     if c.max_len > 1:
-        padded = torch.nn.functional.pad(ids, (0, c.max_len - 1), value=vocab)
+        padded = F.pad(ids, (0, c.max_len - 1), value=vocab)
         for k in range(1, c.max_len):
-            hits &= c.match_tables[k][padded[:, k : k + length]]
+            hits &= torch.take(c.match_words[k], padded[:, k : k + length])
+    seq_end = None
     if seq_start is None:
-        seq_end = torch.full_like(positions, length)  # first position after the sequence
-        seq_start = positions == 0
+        seq_start = (positions == 0).expand(batch, length)
     else:
         seq_start = seq_start | (positions == 0)
         starts_at = torch.where(seq_start, positions, length)
         next_start = torch.flip(torch.cummin(torch.flip(starts_at, [1]), dim=1).values, [1])
-        seq_end = torch.nn.functional.pad(next_start[:, 1:], (0, 1), value=length)
-        hits &= c.length_ok[(seq_end - positions).clamp(max=c.max_len)]
-    matched = hits != 0
-    marker = _log2_table(device)[(hits & -hits) % 67]
+        seq_end = F.pad(next_start[:, 1:], (0, 1), value=length)  # first position after
+        tokens_left = (seq_end - positions).clamp(max=c.max_len)
+        hits &= c.length_ok.to(hits.dtype)[tokens_left]
+    key = (hits & -hits) % 67
 
     # 2. Overlaps: keep a start at or past every earlier match's end.
-    ends = torch.where(matched, positions + c.lengths[marker], 0)
-    reach = _shift_right(torch.cummax(ends, dim=1).values, 0)
-    kept = matched & (positions >= reach)
-    kind = torch.where(kept, c.kinds[marker], -1)
-    arg = c.args[marker]
+    reach = _shift_right(torch.cummax(positions + key_length[key], dim=1).values, 0)
+    kept = (key != 0) & (positions >= reach)
+    key = torch.where(kept, key, 0).to(index_type)
+    kind = key_kind[key]
+    arg = key_arg[key]
 
-    # 3. Coverage: which kept occurrence covers t, and which one ended just before t.
-    last_start = _last_event(kept, positions).clamp(min=0)
-    cover_kind = kind.gather(1, last_start)
-    cover_len = c.lengths[marker.gather(1, last_start)]
-    covered = (cover_kind >= 0) & (positions < last_start + cover_len)
-    ends_here = covered & (positions == last_start + cover_len - 1)
-    end_kind = _shift_right(torch.where(ends_here, cover_kind, -1), -1)
+    # 3. Coverage: the kept occurrence covering t, and the kind of one that ended at t - 1.
+    cover = torch.cummax(torch.where(kept, (positions << KEY_BITS) + key, -1), dim=1).values
+    cover_key = cover & ((1 << KEY_BITS) - 1)
+    cover_kind = key_kind[cover_key]
+    cover_end = (cover >> KEY_BITS) + key_length[cover_key]  # first position after it
+    covered = positions < cover_end
+    end_kind = _shift_right(torch.where(cover_end == positions + 1, cover_kind, -1), -1)
 
     header_start = kind == HEADER
     eot_end = end_kind == END_OF_TURN
-    role_code = torch.where(header_start, arg, torch.where(seq_start, c.initial_role, none_role))
     role_event = seq_start | header_start | eot_end
-    role = role_code.gather(1, _last_event(role_event, positions))
-
-    open_start = kind == SPAN_OPEN
-    if c.n_spans == 0:
-        in_span = None
-    elif c.n_spans == 1:
-        close_end = end_kind == SPAN_CLOSE
-        span_event = seq_start | header_start | eot_end | open_start | close_end
-        in_span = open_start.gather(1, _last_event(span_event, positions))
-    else:
-        close_end = end_kind == SPAN_CLOSE
-        close_arg = _shift_right(torch.where(ends_here, arg.gather(1, last_start), 0), 0)
-        state = _span_automaton(
-            seq_start, header_start, eot_end, open_start, arg, close_end, close_arg, c.n_spans
-        )
-        in_span = state != 0
+    scaled = positions << role_bits
+    role_code = torch.where(
+        header_start,
+        scaled + arg,
+        torch.where(seq_start, scaled + c.initial_role, scaled + c.n_roles),
+    )
+    role = _last_code(role_event, role_code, 0, role_bits)
 
     trained = c.train_role[role] & ~(covered & (cover_kind == HEADER))
-    if in_span is not None:
+    if c.n_spans:
+        open_start = kind == SPAN_OPEN
+        close_end = end_kind == SPAN_CLOSE
+        if c.n_spans == 1:
+            span_event = seq_start | header_start | eot_end | open_start | close_end
+            in_span = _last_code(span_event, positions << 1, open_start.to(index_type), 1) == 1
+        else:
+            close_arg = _shift_right(
+                torch.where(cover_end == positions + 1, key_arg[cover_key], 0), 0
+            )
+            state = _span_automaton(
+                seq_start, header_start, eot_end, open_start, arg, close_end, close_arg, c.n_spans
+            )
+            in_span = state != 0
         trained &= ~in_span
     if not c.train_on_end_of_turn:
         trained &= ~(covered & (cover_kind == END_OF_TURN))
@@ -160,8 +157,9 @@ def mask_labels_torch(
         trained &= real
     if c.last_turn_only:
         turn_start = (header_start & c.train_role[arg]) | (seq_start & c.train_role[c.initial_role])
-        turn = torch.cumsum(turn_start, dim=1)
-        trained &= turn == turn.gather(1, seq_end - 1)
+        turn = torch.cumsum(turn_start.to(index_type), dim=1)
+        last_turn = turn[:, -1:] if seq_end is None else turn.gather(1, seq_end.long() - 1)
+        trained &= turn == last_turn
     if c.ignore_ids.numel() and c.ignore_token_prob > 0.0:
         drop = torch.isin(input_ids, c.ignore_ids.to(input_ids.dtype))
         if uniforms is not None:
@@ -171,7 +169,9 @@ def mask_labels_torch(
     labels = torch.where(trained, input_ids, ignore_index)
     if not with_stats:
         return labels, None, None
-    counted = torch.ones_like(role) if real is None else real.long()
-    role_tokens = torch.zeros(batch, none_role + 1, dtype=torch.int64, device=device)
-    role_tokens.scatter_add_(1, role, counted)
+    counted = torch.ones(batch, length, dtype=torch.int64, device=device)
+    if real is not None:
+        counted = real.long()
+    role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=device)
+    role_tokens.scatter_add_(1, role.long(), counted)
     return labels, trained.sum(dim=1), role_tokens
