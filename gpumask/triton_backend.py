@@ -1,0 +1,516 @@
+"""The Triton backend: the rules of :mod:`gpumask.reference` in fused kernels, chunked rows.
+
+Same signature and results as :func:`gpumask.torch_backend.mask_labels_torch`; reached through
+:func:`gpumask.mask_labels` with `backend="triton"` (or `"auto"` on CUDA).
+
+Design note
+===========
+
+Grid and chunking. A row of length T is cut into chunks of `CHUNK = BLOCK - HALO` positions;
+program (c, b) owns chunk c of row b and loads a window of BLOCK positions (a power of two)
+that starts HALO positions before its chunk. HALO = 2K - 1 for markers of up to K tokens:
+whether an occurrence at q is kept depends only on the matches at q-K+1..q (an earlier match
+ends at or before q), so every occurrence that covers, or ends at, a chunk position is decided
+exactly inside the window. Matching looks K - 1 positions past the window, which is only a
+load. Markers, their overlaps and their coverage therefore never cross chunks as state. The
+launcher picks BLOCK so that B x T gives a few programs per SM (4 x 131072 and 64 x 512 both
+fill an H100); a row that fits in one block runs as one chunk with no halo and one kernel.
+
+State that does cross chunks is three "last event" quantities and one count:
+- role: the code of the last role event (sequence start, header, end of turn's end);
+- span: the state map of the masked-span automaton (states 0 = none, k + 1 = span k open),
+  packed as 4-bit entries in an int64 and composed (at most 15 span kinds);
+- turn: the number of trained-role turn starts (a prefix sum), and for `last_turn_only` the
+  turn count at the end of the packed sequence open at the chunk's end.
+So a row with several chunks takes three launches:
+1. `_summarize_kernel` (grid NC x B): per chunk, the last role event, its span map, its turn
+   starts and the turn starts before its first sequence start.
+2. `_carry_kernel` (grid B): per row, scans of those summaries over the chunks (max for the
+   last event, map composition for spans, cumsum for turns, a reverse max for the turn count
+   at each sequence's end): the state entering every chunk.
+3. `_label_kernel` (grid NC x B): recomputes its chunk with the carried state, writes labels
+   and, with stats, adds per-row counts with atomics.
+Inside a window everything is a scan over BLOCK lanes (`tl.associative_scan`, `tl.cumsum`)
+plus a one-lane shift (`tl.gather`); no `[B, T, M]` tensor exists. Matching is a
+[BLOCK, M] tile: for k < K, token p + k is compared with column k of the marker table, so the
+lowest matching marker (markers are sorted longest first) is the longest match.
+
+Random drops. `uniforms` are the float32 draws the front-end takes with `torch.rand`; the
+kernel compares them with the probability rounded to float32, exactly as torch compares a
+float32 tensor with a Python float, so drops match the torch backend bit for bit. Draws of
+another dtype (a changed default dtype), more than 15 span kinds or markers longer than 254
+tokens go to the torch backend.
+
+Bytes per token (ids of w bytes, w = 4 or 8; attention/packing masks 1 byte each when given,
+draws 4 bytes when used): one chunk per row: read w (+ masks, + draws), write w, the same
+traffic as a device copy of the ids (2w). Several chunks: pass 1 reads w (+ masks) again, so
+3w from DRAM at worst, 2w when the second read hits L2 (the ids of every benchmark shape of
+issue 6 fit in an H100's 50 MB L2). Halo and look-ahead loads (about 3K / BLOCK of a window)
+and per-chunk summaries (64 bytes per chunk) come from cache or are negligible.
+
+Expected speed (not measured: written without a GPU). Memory alone allows 67-100% of a device
+copy. The arithmetic is about 3 K M_pad integer ops per token for matching plus six scans of
+BLOCK lanes, done twice with several chunks (passes 1 and 3): for a ChatML spec with tools
+(K = 3, M <= 8) roughly 150-300 int ops per token, on the order of the copy's own time at
+H100 rates, so 50% of copy bandwidth is plausible and 80% needs tuning (BLOCK, num_warps,
+caching pass 1's occurrences instead of recomputing them). Issue 6 measures it.
+
+Example::
+
+    >>> import torch
+    >>> from gpumask import MaskSpec
+    >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+    >>> ids = torch.tensor([[1, 10, 5, 2, 1, 11, 6, 7, 2, 9]])
+    >>> labels, _, _ = mask_labels_triton(ids, spec.compile(), None, None, None, -100, False)
+    >>> labels.tolist()
+    [[-100, -100, -100, -100, -100, -100, 6, 7, 2, -100]]
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, CompiledSpec
+from gpumask.torch_backend import mask_labels_torch
+
+_HEADER = tl.constexpr(HEADER)
+_END_OF_TURN = tl.constexpr(END_OF_TURN)
+_SPAN_OPEN = tl.constexpr(SPAN_OPEN)
+_SPAN_CLOSE = tl.constexpr(SPAN_CLOSE)
+
+# Kernel limits: span states are 4-bit entries of an int64; marker lengths fill 8 bits.
+MAX_SPAN_KINDS = 15
+MAX_MARKER_LEN = 254
+# Launcher tuning (not yet measured on a GPU, see the design note).
+SINGLE_CHUNK_MAX = 2048  # rows up to this length run as one chunk, one kernel
+MIN_BLOCK, MAX_BLOCK = 256, 2048
+PROGRAMS_PER_SM = 4
+MAX_CHUNKS = 8192  # chunks per row, scanned by one program of the carry pass
+
+
+# --- small combinators -----------------------------------------------------------------------
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _shift_right(x, lane, fill):
+    """x[lane - 1] at each lane, `fill` at lane 0."""
+    return tl.where(lane == 0, fill, tl.gather(x, tl.maximum(lane - 1, 0), 0))
+
+
+@triton.jit
+def _compose(f, g, N: tl.constexpr):
+    """The state map "f, then g"; a map holds N 4-bit entries, entry x being the image of x."""
+    out = tl.zeros_like(f)
+    for x in tl.static_range(N):
+        fx = (f >> (4 * x)) & 15
+        out |= ((g >> (4 * fx)) & 15) << (4 * x)
+    return out
+
+
+@triton.jit
+def _compose2(f, g):
+    return _compose(f, g, 2)
+
+
+@triton.jit
+def _compose4(f, g):
+    return _compose(f, g, 4)
+
+
+@triton.jit
+def _compose8(f, g):
+    return _compose(f, g, 8)
+
+
+@triton.jit
+def _compose16(f, g):
+    return _compose(f, g, 16)
+
+
+@triton.jit
+def _scan_maps(maps, N: tl.constexpr):
+    """Inclusive prefix compositions of packed span-state maps (N: states, a power of two)."""
+    if N == 2:
+        out = tl.associative_scan(maps, 0, _compose2)
+    elif N == 4:
+        out = tl.associative_scan(maps, 0, _compose4)
+    elif N == 8:
+        out = tl.associative_scan(maps, 0, _compose8)
+    else:
+        out = tl.associative_scan(maps, 0, _compose16)
+    return out
+
+
+@triton.jit
+def _train_bits(train_ptr, R: tl.constexpr):
+    """Bit r set when role r trains (R roles; code R, no role, never trains)."""
+    bits = tl.zeros([], tl.int64)
+    for r in tl.static_range(R):
+        bits |= (tl.load(train_ptr + r) != 0).to(tl.int64) << r
+    return bits
+
+
+@triton.jit
+def _trains(bits, role):
+    return ((bits >> role.to(tl.int64)) & 1) != 0
+
+
+# --- the work of one window ------------------------------------------------------------------
+
+
+@triton.jit
+def _window(
+    ids_ptr, real_ptr, start_ptr, row, w, T, halo,
+    mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+    M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
+    NSTATES: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_REAL: tl.constexpr, HAS_START: tl.constexpr,
+):  # fmt: skip
+    """Occurrences and events of the window [w, w + BLOCK) of one row.
+
+    Occurrence info is packed in an int32: bits 0-7 length, 8-9 kind, 10-15 arg; `last`
+    holds (start lane << 16 | info) of the last kept occurrence at or before each lane.
+    Events are only reported for chunk lanes (lane >= halo, position < T).
+    """
+    lane = tl.arange(0, BLOCK)
+    pos = w + lane
+    inside = (pos >= 0) & (pos < T)
+    x = tl.load(ids_ptr + row + pos, mask=inside, other=-1)
+    real = inside
+    if HAS_REAL:
+        real = real & (tl.load(real_ptr + row + pos, mask=inside, other=0) != 0)
+    start = pos == 0
+    if HAS_START:
+        start = start | (tl.load(start_ptr + row + pos, mask=inside, other=0) != 0)
+
+    # Matching: hit[lane, m] when marker m matches at the lane (validity folded into the ids).
+    m = tl.arange(0, MP)
+    has_m = m < M
+    length = tl.load(mk_len_ptr + m, mask=has_m, other=K + 1).to(tl.int32)
+    kind = tl.load(mk_kind_ptr + m, mask=has_m, other=0).to(tl.int32)
+    arg = tl.load(mk_arg_ptr + m, mask=has_m, other=0).to(tl.int32)
+    priority = ((MP - m) << 16) | (arg << 10) | (kind << 8) | length
+    token = tl.where(real & (x >= 0) & (x <= 0x7FFFFFFF), x, -1).to(tl.int32)
+    want = tl.load(mk_ids_ptr + m * K, mask=has_m, other=-2).to(tl.int32)
+    hit = token[:, None] == want[None, :]
+    cut = pos < 0
+    for k in tl.static_range(1, K):
+        q = pos + k
+        ok = (q >= 0) & (q < T)
+        xk = tl.load(ids_ptr + row + q, mask=ok, other=-1)
+        ok = ok & (xk >= 0) & (xk <= 0x7FFFFFFF)
+        if HAS_REAL:
+            ok = ok & (tl.load(real_ptr + row + q, mask=ok, other=0) != 0)
+        if HAS_START:
+            cut = cut | (tl.load(start_ptr + row + q, mask=(q >= 0) & (q < T), other=0) != 0)
+            ok = ok & ~cut
+        tk = tl.where(ok, xk, -1).to(tl.int32)
+        want = tl.load(mk_ids_ptr + m * K + k, mask=has_m, other=-2).to(tl.int32)
+        hit = hit & ((tk[:, None] == want[None, :]) | (length <= k)[None, :])
+    info = tl.max(tl.where(hit, priority[None, :], 0), axis=1) & 0xFFFF
+    size = info & 255
+
+    # Overlaps: keep a start at or past the end of every earlier match.
+    reach = _shift_right(tl.associative_scan(tl.where(size > 0, lane + size, 0), 0, _max), lane, 0)
+    kept = (size > 0) & (lane >= reach)
+    last = tl.associative_scan(tl.where(kept, (lane << 16) | info, -1), 0, _max)
+    before = _shift_right(last, lane, -1)
+
+    # Events at chunk lanes.
+    chunk = (lane >= halo) & (pos < T)
+    start = start & chunk
+    kind = (info >> 8) & 3
+    arg = info >> 10
+    header = chunk & kept & (kind == _HEADER)
+    opens = chunk & kept & (kind == _SPAN_OPEN)
+    ended = chunk & (before >= 0) & ((before >> 16) + (before & 255) == lane)
+    end_kind = (before >> 8) & 3
+    eot_end = ended & (end_kind == _END_OF_TURN)
+    close_end = ended & (end_kind == _SPAN_CLOSE)
+    role_code = tl.where(header, arg, tl.where(start, initial, R))
+    role_key = tl.where(start | header | eot_end, (lane << 8) | role_code, -1)
+    trains = _trains(_train_bits(train_ptr, R), arg)
+    turn_start = (header & trains) | (start & (tl.load(train_ptr + initial) != 0))
+
+    maps = tl.zeros([BLOCK], tl.int64)
+    if NSTATES > 0:
+        reset = start | eot_end | header
+        close_arg = (before >> 10) & 63
+        for s in tl.static_range(NSTATES):
+            state = tl.full([BLOCK], s, tl.int32)
+            state = tl.where(reset, 0, state)
+            state = tl.where(close_end & (state == close_arg + 1), 0, state)
+            state = tl.where(opens & (state == 0), arg + 1, state)
+            maps |= state.to(tl.int64) << (4 * s)
+    return x, real, start, chunk, last, role_key, turn_start, maps
+
+
+@triton.jit
+def _summarize_kernel(
+    ids_ptr, real_ptr, start_ptr, summary_ptr, T, halo, chunk_len, n_chunks,
+    mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+    M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
+    NSTATES: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_REAL: tl.constexpr, HAS_START: tl.constexpr,
+):  # fmt: skip
+    """Pass 1: summary[b, c] = (last role code or -1, turn starts, turn starts before the
+    first sequence start or -1 without one, span-state map) of chunk c of row b."""
+    c = tl.program_id(0)
+    b = tl.program_id(1)
+    row = b.to(tl.int64) * T
+    _, _, start, chunk, _, role_key, turn_start, maps = _window(
+        ids_ptr, real_ptr, start_ptr, row, c * chunk_len - halo, T, halo,
+        mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+        M, MP, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
+    )  # fmt: skip
+    lane = tl.arange(0, BLOCK)
+    last_role = tl.max(role_key)
+    last_role = tl.where(last_role >= 0, last_role & 255, -1)
+    turns = tl.sum(turn_start.to(tl.int32))
+    first = tl.min(tl.where(start, lane, BLOCK))
+    before_first = tl.sum((turn_start & (lane < first)).to(tl.int32))
+    out = summary_ptr + (b.to(tl.int64) * n_chunks + c) * 4
+    tl.store(out, last_role.to(tl.int64))
+    tl.store(out + 1, turns.to(tl.int64))
+    tl.store(out + 2, tl.where(first < BLOCK, before_first, -1).to(tl.int64))
+    if NSTATES > 0:
+        prefix = _scan_maps(maps, NSTATES)
+        tl.store(out + 3, tl.sum(tl.where(lane == BLOCK - 1, prefix, 0)))
+
+
+@triton.jit
+def _carry_kernel(
+    summary_ptr, carry_ptr, n_chunks, initial,
+    NSTATES: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Pass 2, one program per row: carry[b, :, c] = (role, span state, turn count) entering
+    chunk c, and the turn count at the end of the first sequence that ends at or after chunk c
+    (index n_chunks: the row's total)."""
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.arange(0, BLOCK_C)
+    valid = j < n_chunks
+    src = summary_ptr + (b * n_chunks + j) * 4
+    last_role = tl.load(src, mask=valid, other=-1)
+    turns = tl.load(src + 1, mask=valid, other=0)
+    before_first = tl.load(src + 2, mask=valid, other=-1)
+    stride = n_chunks + 1
+    out = carry_ptr + b * 4 * stride
+
+    role = tl.associative_scan(tl.where(last_role >= 0, (j << 8) | last_role, -1), 0, _max)
+    tl.store(out + j + 1, tl.where(role >= 0, role & 255, initial), mask=valid)
+    tl.store(out, tl.zeros([], tl.int64) + initial)
+
+    if NSTATES > 0:
+        maps = tl.load(src + 3, mask=valid, other=0)
+        tl.store(out + stride + j + 1, _scan_maps(maps, NSTATES) & 15, mask=valid)
+    tl.store(out + stride, tl.zeros([], tl.int64))
+
+    turn = tl.cumsum(turns, 0)
+    tl.store(out + 2 * stride + j + 1, turn, mask=valid)
+    tl.store(out + 2 * stride, tl.zeros([], tl.int64))
+
+    total = tl.sum(turns)
+    at_end = turn - turns + before_first
+    key = tl.where(before_first >= 0, ((BLOCK_C - j).to(tl.int64) << 32) | at_end, -1)
+    nearest = tl.associative_scan(key, 0, _max, reverse=True)
+    tl.store(out + 3 * stride + j, tl.where(nearest >= 0, nearest & 0xFFFFFFFF, total), mask=valid)
+    tl.store(out + 3 * stride + n_chunks, total)
+
+
+@triton.jit
+def _label_kernel(
+    ids_ptr, real_ptr, start_ptr, uniforms_ptr, labels_ptr, carry_ptr, trained_ptr, roles_ptr,
+    T, halo, chunk_len, n_chunks,
+    mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial, ignore_ptr,
+    prob, ignore_index,
+    M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
+    NSTATES: tl.constexpr, N_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_REAL: tl.constexpr, HAS_START: tl.constexpr, HAS_UNIFORMS: tl.constexpr,
+    CARRY: tl.constexpr, TRAIN_EOT: tl.constexpr, LAST_TURN: tl.constexpr,
+    WITH_STATS: tl.constexpr,
+):  # fmt: skip
+    """Pass 3 (the only pass for one-chunk rows): labels of chunk c of row b."""
+    c = tl.program_id(0)
+    b = tl.program_id(1)
+    row = b.to(tl.int64) * T
+    w = c * chunk_len - halo
+    x, real, start, chunk, last, role_key, turn_start, maps = _window(
+        ids_ptr, real_ptr, start_ptr, row, w, T, halo,
+        mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+        M, MP, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
+    )  # fmt: skip
+    lane = tl.arange(0, BLOCK)
+    pos = w + lane
+    if CARRY:
+        carried = carry_ptr + b.to(tl.int64) * 4 * (n_chunks + 1) + c
+        role_in = tl.load(carried).to(tl.int32)
+        span_in = tl.load(carried + (n_chunks + 1))
+        turn_in = tl.load(carried + 2 * (n_chunks + 1)).to(tl.int32)
+        end_turn_in = tl.load(carried + 3 * (n_chunks + 1) + 1).to(tl.int32)
+    else:
+        role_in = initial
+        span_in = 0
+        turn_in = 0
+        end_turn_in = 0
+
+    role = tl.associative_scan(role_key, 0, _max)
+    role = tl.where(role >= 0, role & 255, role_in)
+    trained = chunk & real & _trains(_train_bits(train_ptr, R), role)
+    covered = (last >= 0) & ((last >> 16) + (last & 255) > lane)
+    cover_kind = (last >> 8) & 3
+    trained = trained & ~(covered & (cover_kind == _HEADER))
+    if not TRAIN_EOT:
+        trained = trained & ~(covered & (cover_kind == _END_OF_TURN))
+    if NSTATES > 0:
+        span = (_scan_maps(maps, NSTATES) >> (4 * span_in)) & 15
+        trained = trained & (span == 0)
+    if LAST_TURN:
+        turn = turn_in + tl.cumsum(turn_start.to(tl.int32), 0)
+        seq_last = pos + 1 == T
+        if HAS_START:
+            nxt = (pos + 1 >= 0) & (pos + 1 < T)
+            seq_last = seq_last | (tl.load(start_ptr + row + pos + 1, mask=nxt, other=0) != 0)
+        key = tl.where(chunk & seq_last, ((BLOCK - lane).to(tl.int64) << 32) | turn, -1)
+        end_turn = tl.associative_scan(key, 0, _max, reverse=True)
+        end_turn = tl.where(end_turn >= 0, end_turn & 0xFFFFFFFF, end_turn_in)
+        trained = trained & (turn == end_turn)
+    if N_IGNORE > 0:
+        drop = lane < 0
+        for i in tl.static_range(N_IGNORE):
+            drop = drop | (x == tl.load(ignore_ptr + i).to(x.dtype))
+        if HAS_UNIFORMS:
+            u = tl.load(uniforms_ptr + row + pos, mask=chunk, other=1.0)
+            drop = drop & (u < prob)
+        trained = trained & ~drop
+    tl.store(labels_ptr + row + pos, tl.where(trained, x, ignore_index), mask=chunk)
+
+    if WITH_STATS:
+        tl.atomic_add(trained_ptr + b, tl.sum(trained.to(tl.int64)))
+        counts = tl.histogram(role, RP, mask=chunk & real)
+        bins = tl.arange(0, RP)
+        tl.atomic_add(roles_ptr + b * (R + 1) + bins, counts.to(tl.int64), mask=bins <= R)
+
+
+# --- launcher --------------------------------------------------------------------------------
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _layout(batch: int, length: int, max_len: int, device: torch.device, block: int | None):
+    """(BLOCK, halo, chunk length, chunks per row) for a `batch` x `length` input."""
+    halo = 2 * max_len - 1
+    if block is None:
+        if length <= SINGLE_CHUNK_MAX:
+            return max(16, _pow2(length)), 0, max(16, _pow2(length)), 1
+        sms = (
+            torch.cuda.get_device_properties(device).multi_processor_count
+            if device.type == "cuda"
+            else 132
+        )
+        block = _pow2(-(-batch * length // (PROGRAMS_PER_SM * sms)))
+        block = min(max(block, MIN_BLOCK, _pow2(4 * halo)), max(MAX_BLOCK, _pow2(4 * halo)))
+    elif block < 16 or block & (block - 1):
+        raise ValueError(f"block: expected a power of two >= 16, got {block}")
+    if length <= block:
+        return block, 0, block, 1
+    if block <= halo:
+        raise ValueError(
+            f"block: {block} positions cannot hold a chunk and its halo of {halo} positions "
+            f"(2 x the longest marker - 1); use a block of at least {_pow2(halo + 1)}"
+        )
+    while -(-length // (block - halo)) + 1 > MAX_CHUNKS:
+        block *= 2
+    return block, halo, block - halo, -(-length // (block - halo))
+
+
+def mask_labels_triton(
+    input_ids: torch.Tensor,
+    compiled: CompiledSpec,
+    real: torch.Tensor | None,
+    seq_start: torch.Tensor | None,
+    uniforms: torch.Tensor | None,
+    ignore_index: int,
+    with_stats: bool,
+    *,
+    block: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Labels `[B, T]`, and when `with_stats` trained counts `[B]` and role counts `[B, R+1]`.
+
+    Arguments and results are those of :func:`gpumask.torch_backend.mask_labels_torch`;
+    `block` (a power of two, default: chosen from the shape) sets the window of one program,
+    so tests can force chunk boundaries everywhere.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> ids = torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]])
+        >>> mask_labels_triton(ids, spec.compile(), None, None, None, -100, False)[0].tolist()
+        [[-100, -100, 6, 2, -100, -100, 7, 2]]
+    """
+    c = compiled
+    batch, length = input_ids.shape
+    ignoring = c.ignore_ids.numel() > 0 and c.ignore_token_prob > 0.0
+    if (
+        batch == 0
+        or c.n_spans > MAX_SPAN_KINDS
+        or c.max_len > MAX_MARKER_LEN
+        or (ignoring and uniforms is not None and uniforms.dtype != torch.float32)
+    ):
+        return mask_labels_torch(input_ids, c, real, seq_start, uniforms, ignore_index, with_stats)
+    device = input_ids.device
+    ids = input_ids.contiguous()
+    real = None if real is None else real.contiguous()
+    seq_start = None if seq_start is None else seq_start.contiguous()
+    uniforms = uniforms.contiguous() if ignoring and uniforms is not None else None
+    BLOCK, halo, chunk_len, n_chunks = _layout(batch, length, c.max_len, device, block)
+    n_markers = c.ids.shape[0]
+    n_states = 0 if c.n_spans == 0 else _pow2(c.n_spans + 1)
+    common = dict(
+        M=n_markers, MP=max(2, _pow2(n_markers)), K=c.max_len, R=c.n_roles,
+        NSTATES=n_states, BLOCK=BLOCK, HAS_REAL=real is not None,
+        HAS_START=seq_start is not None, num_warps=min(8, max(1, BLOCK // 256)),
+    )  # fmt: skip
+    markers = (c.ids, c.lengths, c.kinds, c.args, c.train_role, c.initial_role)
+    dummy = ids
+    real_arg = dummy if real is None else real
+    start_arg = dummy if seq_start is None else seq_start
+
+    carry = dummy
+    if n_chunks > 1:
+        summary = torch.empty(batch, n_chunks, 4, dtype=torch.int64, device=device)
+        carry = torch.empty(batch, 4, n_chunks + 1, dtype=torch.int64, device=device)
+        _summarize_kernel[(n_chunks, batch)](
+            ids, real_arg, start_arg, summary, length, halo, chunk_len, n_chunks,
+            *markers, **common,
+        )  # fmt: skip
+        _carry_kernel[(batch,)](
+            summary, carry, n_chunks, c.initial_role,
+            NSTATES=n_states, BLOCK_C=_pow2(n_chunks + 1), num_warps=4,
+        )  # fmt: skip
+
+    labels = torch.empty_like(ids)
+    trained = roles = dummy
+    if with_stats:
+        trained = torch.zeros(batch, dtype=torch.int64, device=device)
+        roles = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=device)
+    _label_kernel[(n_chunks, batch)](
+        ids, real_arg, start_arg, dummy if uniforms is None else uniforms, labels, carry,
+        trained, roles, length, halo, chunk_len, n_chunks, *markers,
+        c.ignore_ids if ignoring else dummy, c.ignore_token_prob, ignore_index,
+        RP=_pow2(c.n_roles + 1), N_IGNORE=c.ignore_ids.numel() if ignoring else 0,
+        HAS_UNIFORMS=uniforms is not None, CARRY=n_chunks > 1,
+        TRAIN_EOT=c.train_on_end_of_turn, LAST_TURN=c.last_turn_only,
+        WITH_STATS=with_stats, **common,
+    )  # fmt: skip
+    if not with_stats:
+        return labels, None, None
+    return labels, trained, roles
