@@ -255,7 +255,7 @@ class DataCollatorForCompletionOnlyLM:
                     "no reply: every response template is at the end of the row or "
                     "followed at once by an instruction template"
                 )
-        warn_untrained("DataCollatorForCompletionOnlyLM", labels.shape[0], reasons)
+        warn_untrained("DataCollatorForCompletionOnlyLM", labels.shape[0], reasons, stacklevel=5)
 
 
 def _is_ids(value: Any) -> bool:
