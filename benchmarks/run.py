@@ -276,6 +276,7 @@ def run(
     bar.close()
     for row in results:
         row["median_s"] = statistics.median(row["seconds"])
+        row["min_s"] = min(row["seconds"])
     _add_ratios(results)
     return {
         "machine": machine(),
@@ -437,10 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     for line in targets(report):
         print(line)
-    for r in report["skipped"]:
+    points = sorted({(r["batch"], r["length"]) for r in report["skipped"]})
+    if points:
+        where = ", ".join(f"B={b} T={t}" for b, t in points)
         print(
-            f"skipped: {r['impl']} at B={r['batch']} T={r['length']} {r['case']} "
-            f"{r['ids']} ({r['tokens']} tokens > {LOOP_TOKEN_LIMIT}, seconds per call)"
+            f"skipped: trl and the multi-role loop above {LOOP_TOKEN_LIMIT} tokens per batch "
+            f"(seconds per call): {where}"
         )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

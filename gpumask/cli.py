@@ -121,6 +121,7 @@ def _load_tokenizer(name: str, chat_template: Path | None) -> Any:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer.clean_up_tokenization_spaces = False  # show the text exactly as the tokens are
     if chat_template is not None:
         tokenizer.chat_template = chat_template.read_text(encoding="utf-8")
     if not getattr(tokenizer, "chat_template", None):
@@ -134,8 +135,8 @@ def _load_tokenizer(name: str, chat_template: Path | None) -> Any:
 def show(args: argparse.Namespace) -> int:
     """`gpumask show`: print the masked conversations, write the HTML page, print the summary."""
     tokenizer = _load_tokenizer(args.tokenizer, args.chat_template)
-    spec = MaskSpec.from_tokenizer(tokenizer, **_spec_overrides(args))
     conversations = read_conversations(args.data, tokenizer)
+    spec = MaskSpec.from_tokenizer(tokenizer, **_spec_overrides(args))
     rows = display.mask_rows([ids for _, ids in conversations], spec)
     names = [f"line {number}" for number, _ in conversations]
 
