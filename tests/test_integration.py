@@ -1,11 +1,21 @@
 """In-step masking: gpumask.attach on a tiny Llama, trained through transformers.Trainer."""
 
+import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Trainer,
+    TrainingArguments,
+)
 
 import gpumask
 from gpumask import CompletionCollator, MaskSpec
@@ -162,3 +172,56 @@ def test_bad_arguments_raise_clearly():
         gpumask.attach(model, {})
     with pytest.raises(TypeError, match="attach: unexpected argument 'attention_mask'"):
         gpumask.attach(model, SPEC, attention_mask=None)
+
+
+def test_ddp_per_rank_labels_equal_dataset_map_labels(tmp_path):
+    """examples/ddp_masking.py under torchrun (2 ranks, gloo) and examples/dataset_map.py
+    (num_proc=2) write the same labels, and each is mask_labels on the row alone."""
+    examples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
+    run = dict(cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            f"{examples}/ddp_masking.py",
+            "--rows",
+            "24",
+            "--out",
+            "ddp.json",
+        ],
+        **run,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    mapped = subprocess.run(
+        [
+            sys.executable,
+            f"{examples}/dataset_map.py",
+            "--rows",
+            "24",
+            "--num-proc",
+            "2",
+            "--out",
+            "map.json",
+        ],
+        **run,
+    )
+    assert mapped.returncode == 0, mapped.stderr[-3000:]
+    ddp_labels = json.loads((tmp_path / "ddp.json").read_text())["labels"]
+    map_labels = json.loads((tmp_path / "map.json").read_text())["labels"]
+    assert ddp_labels == map_labels
+    assert list(ddp_labels) == [str(i) for i in range(24)]
+
+    sys.path.insert(0, examples)
+    try:
+        from conversations import DEFAULT_TOKENIZER, chatml_spec, make_rows
+    finally:
+        sys.path.remove(examples)
+    tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
+    spec = chatml_spec(tokenizer)
+    for row in make_rows(tokenizer, 24):
+        alone = gpumask.mask_labels(torch.tensor([row["input_ids"]]), spec)[0].tolist()
+        assert ddp_labels[str(row["index"])] == alone
+        assert any(label != X for label in alone)
