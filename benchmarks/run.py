@@ -55,6 +55,10 @@ FULL_GRID = [
 ]
 QUICK_GRID = [(64, 1024), (64, 4096)]
 LOOP_TOKEN_LIMIT = 2**21
+LOOP_NOTE = (
+    "* our loop implementation of the multi-role algorithm proposed in TRL PR 3224 "
+    "(benchmarks/multirole_loop.py), not TRL code"
+)
 IDS_KINDS = ("lists", "tensors")
 
 
@@ -110,27 +114,17 @@ def _headers(batch: ChatBatch) -> dict[str, list[int]]:
     return {role: list(alts[0]) for role, alts in batch.spec.roles.items()}
 
 
-def implementations(cuda: bool) -> list[Impl]:
-    """What is timed: TRL first (the reference of every ratio)."""
+def implementations(cuda: bool, quick: bool = False) -> list[Impl]:
+    """What is timed: TRL first (the reference of every ratio); `quick` leaves out our loop."""
     impls = [
         Impl("trl", "trl 0.19.1", _trl, loop=True),
-        Impl("loop", "multi-role loop (ours, after TRL PR 3224)", _loop, loop=True),
+        Impl("loop", "multi-role loop*", _loop, loop=True),
         Impl("dropin", "gpumask drop-in", _dropin),
-        Impl("collator", "gpumask CompletionCollator", _collator),
-        Impl("mask_torch_cpu", "mask_labels torch CPU", _mask_labels("torch"), collator=False),
+        Impl("collator", "CompletionCollator", _collator),
+        Impl("mask_torch_cpu", "mask_labels CPU", _mask_labels("torch"), collator=False),
     ]
-    missing = []
-    for key, name in (
-        ("dropin", "DataCollatorForCompletionOnlyLM"),
-        ("collator", "CompletionCollator"),
-    ):
-        try:
-            getattr(gpumask, name)
-        except (ImportError, AttributeError):
-            missing.append(key)
-    if missing:
-        print(f"not available in this checkout, not timed: {missing}", file=sys.stderr)
-        impls = [i for i in impls if i.key not in missing]
+    if quick:
+        impls = [i for i in impls if i.key != "loop"]
     if cuda:
         impls.append(
             Impl(
@@ -422,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(report))
         return 0
     cuda = torch.cuda.is_available()
-    report = run(QUICK_GRID if args.quick else FULL_GRID, implementations(cuda))
+    report = run(QUICK_GRID if args.quick else FULL_GRID, implementations(cuda, args.quick))
     out = args.out
     if out is None and not args.quick:
         out = RESULTS / f"{report['machine']['slug']}-{report['date']}.json"
@@ -436,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         "mask_labels: masking alone, on the padded batch"
     )
     print(table(report))
+    if "loop" in report["implementations"]:
+        print(LOOP_NOTE)
     for line in targets(report):
         print(line)
     points = sorted({(r["batch"], r["length"]) for r in report["skipped"]})

@@ -105,7 +105,7 @@ def show_benchmark() -> None:
         "\n2. Collating 64 rows of synthetic ChatML (ragged lengths up to T), "
         "median ms per batch; (Nx) = N times faster than trl 0.19.1:"
     )
-    report = run.run(run.QUICK_GRID, run.implementations(cuda=False))
+    report = run.run(run.QUICK_GRID, run.implementations(cuda=False, quick=True))
     print(f"{report['machine']['label']}, load average {report['load_before'][0]:.1f}")
     print(run.table(report))
     print("Full grid, JSON and plot: make bench")

@@ -153,3 +153,21 @@ def test_html_page_escapes_text_and_highlights_trained_runs():
         " found</p>" in page
     )
     assert page.count("<span class='t'>") == 2  # one trained run, one in the legend
+
+
+def test_demo_conversation_trains_the_replies_and_tool_calls_only():
+    from gpumask.demo import TOKENIZER, masked_conversation
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    _, row = masked_conversation(tok)
+    runs = [text for text, trained in segments(row.ids, row.trained, tok.decode) if trained]
+    assert runs == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Lisbon"}}\n</tool_call>'
+        "<|im_end|>",
+        "Sunny, 24 °C, but the sea is 18 °C: bracing, not warm.<|im_end|>",
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Nice"}}\n</tool_call>'
+        "<|im_end|>",
+        "Yes: 27 °C and a 23 °C sea. Go for it.<|im_end|>",
+    ]
+    assert row.n_trained == 89
+    assert row.role_tokens == {"system": 144, "user": 91, "assistant": 101, "(no role)": 9}
