@@ -110,19 +110,20 @@ def padded_length(lengths: Sequence[int], pad_to_multiple_of: int | None) -> int
 
 def pad_rows(
     rows: Sequence[np.ndarray], length: int, fill: int, padding_side: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(`[B, length]` int64 tensor of `rows` padded with `fill`, bool mask of the row tokens).
+) -> tuple[np.ndarray, np.ndarray]:
+    """(`[B, length]` int64 array of `rows` padded with `fill`, bool mask of the row tokens).
 
-    One concatenation and one masked fill for the whole batch; no per-row tensor writes.
+    One concatenation and one masked fill for the whole batch, in numpy (which, unlike torch's
+    threaded CPU kernels, costs the same on a busy machine); no per-row writes.
     """
-    lengths = torch.tensor([row.size for row in rows], dtype=torch.int64)
-    positions = torch.arange(length)
+    lengths = np.array([row.size for row in rows], dtype=np.int64)
+    positions = np.arange(length)
     if padding_side == "left":
         keep = positions[None, :] >= (length - lengths)[:, None]
     else:
         keep = positions[None, :] < lengths[:, None]
-    out = torch.full((len(rows), length), fill, dtype=torch.int64)
-    out[keep] = torch.from_numpy(np.concatenate(rows))
+    out = np.full((len(rows), length), fill, dtype=np.int64)
+    out[keep] = np.concatenate(rows)
     return out, keep
 
 
@@ -320,59 +321,57 @@ class CompletionCollator:
             raise ValueError("examples: every row is empty")
         input_ids, keep = pad_rows(rows, length, self.pad_token_id, self.padding_side)
         if masks is None:
-            attention_mask = keep.long()
+            attention_mask = keep.astype(np.int64)
         else:
             attention_mask, _ = pad_rows(masks, length, 0, self.padding_side)
         labels = None
         if self.mask_on == "batch":
             labels, stats = mask_labels(
-                input_ids,
+                torch.from_numpy(input_ids),
                 self.spec,
-                attention_mask=attention_mask,
+                attention_mask=torch.from_numpy(attention_mask),
                 ignore_index=self.ignore_index,
                 return_stats=True,
             )
+            labels = labels.numpy()
             if self.padding_free:  # the first token of each sequence follows another sequence
-                first = keep & (keep.long().cumsum(1) == 1)
-                labels = labels.masked_fill(first, self.ignore_index)
+                labels[keep & (keep.cumsum(1) == 1)] = self.ignore_index
             if self.warn:
                 real = keep & (attention_mask != 0)
-                self._report(input_ids, real, labels, stats, original)
+                self._report(input_ids, real, labels, stats["role_tokens"], original)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if labels is not None:
-            batch["labels"] = labels
-        return batch
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return {k: torch.from_numpy(v) for k, v in batch.items() if v is not None}
 
-    def _report(self, input_ids, real, labels, stats, original) -> None:
+    def _report(self, input_ids, real, labels, role_tokens, original) -> None:
         trained = (labels != self.ignore_index).sum(1)
         reasons = {
             i: untrained_reason(
                 self.spec,
                 input_ids[i][real[i]].tolist(),
-                stats["role_tokens"][i].tolist(),
+                role_tokens[i].tolist(),
                 None if original is None else original[i],
                 self.max_length,
                 self.truncation_side,
             )
-            for i in torch.nonzero(trained == 0).flatten().tolist()
+            for i in np.flatnonzero(trained == 0).tolist()
         }
         warn_untrained("CompletionCollator", labels.shape[0], reasons)
 
     def _flatten(self, input_ids, keep, labels) -> dict[str, Any]:
         lengths = keep.sum(1)
-        offsets = torch.zeros(len(lengths) + 1, dtype=torch.int32)
-        offsets[1:] = lengths.cumsum(0)
-        flat_positions = keep.long().cumsum(1)[keep] - 1
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+        offsets[1:] = lengths.cumsum()
+        cu_seq_lens = torch.from_numpy(offsets)
         batch = {
-            "input_ids": input_ids[keep][None],
-            "position_ids": flat_positions[None],
-            "cu_seq_lens_q": offsets,
-            "cu_seq_lens_k": offsets,
+            "input_ids": torch.from_numpy(input_ids[keep][None]),
+            "position_ids": torch.from_numpy(keep.cumsum(1)[keep][None] - 1),
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
             "max_length_q": int(lengths.max()),
             "max_length_k": int(lengths.max()),
         }
         if labels is not None:
-            batch["labels"] = labels[keep][None]
+            batch["labels"] = torch.from_numpy(labels[keep][None])
         return batch

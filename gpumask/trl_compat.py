@@ -46,6 +46,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from gpumask.collators import (
@@ -204,40 +205,42 @@ class DataCollatorForCompletionOnlyLM:
         padding_side = getattr(self.tokenizer, "padding_side", None) or "right"
         input_ids, keep = pad_rows(rows, length, 0 if pad_id is None else pad_id, padding_side)
         if masks is None:
-            attention_mask = keep.long()
+            attention_mask = keep.astype(np.int64)
         else:
             attention_mask, _ = pad_rows(masks, length, 0, padding_side)
         labels, stats = mask_labels(
-            input_ids,
+            torch.from_numpy(input_ids),
             self.spec,
-            attention_mask=attention_mask,
+            attention_mask=torch.from_numpy(attention_mask),
             ignore_index=self.ignore_index,
             return_stats=True,
         )
-        self._report(labels, stats["role_tokens"])
+        labels = labels.numpy()
+        self._report(labels, stats["role_tokens"].numpy())
         if not self.padding_free:
-            return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        real = attention_mask.bool()
+            batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            return {k: torch.from_numpy(v) for k, v in batch.items()}
+        real = attention_mask.astype(bool)
         position_ids = attention_mask.cumsum(1)[real][None] - 1
         labels = labels[real][None]
         labels[position_ids == 0] = self.ignore_index
-        flat = position_ids.flatten()
-        starts = torch.nonzero(flat == 0).flatten().to(torch.int32)
-        cu_seq_lens = torch.cat((starts, torch.tensor([flat.numel()], dtype=torch.int32)))[None]
+        flat = position_ids[0]
+        starts = np.flatnonzero(flat == 0)
+        cu_seq_lens = torch.from_numpy(np.append(starts, flat.size).astype(np.int32)[None])
         max_length = torch.tensor([int(flat.max()) + 1])
         return {
-            "input_ids": input_ids[real][None],
-            "labels": labels,
-            "position_ids": position_ids,
+            "input_ids": torch.from_numpy(input_ids[real][None]),
+            "labels": torch.from_numpy(labels),
+            "position_ids": torch.from_numpy(position_ids),
             "cu_seq_lens_q": cu_seq_lens,
             "cu_seq_lens_k": cu_seq_lens,
             "max_length_k": max_length,
             "max_length_q": max_length,
         }
 
-    def _report(self, labels: torch.Tensor, role_tokens: torch.Tensor) -> None:
+    def _report(self, labels: np.ndarray, role_tokens: np.ndarray) -> None:
         trained = (labels != self.ignore_index).sum(1)
-        rows = torch.nonzero(trained == 0).flatten().tolist()
+        rows = np.flatnonzero(trained == 0).tolist()
         if not rows:
             return
         found = role_tokens[:, self.spec.role_names.index("response")] > 0
