@@ -58,15 +58,18 @@ from gpumask.spec import MaskSpec, MaskSpecError
 
 Ids = tuple[int, ...]
 
-# Probe contents: distinct letter-only words, in two shapes (ending in a letter, and in a
-# full stop, which some byte-level vocabularies merge with a following "<").
+# Probe contents: distinct letter-only words, in shapes (text before, text after). The first
+# two end in a letter and in a full stop (which some vocabularies merge with a following "<");
+# the others start with characters that some vocabularies merge with the end of a header
+# (SentencePiece's "]{" after "[/INST]", byte-level BPE's "\n\n" after ChatML's "\n").
 _WORDS = {
     "system": ("Vexqsone", "Vexqstwo"),
     "user": ("Vexquone", "Vexqutwo"),
     "assistant": ("Vexqaone", "Vexqatwo"),
     "tool": ("Vexqtone", "Vexqttwo"),
 }
-_SHAPES = ("", ".")
+_SHAPES = (("", ""), ("", "."), ("{", ""), ("(", ""), ("\n", ""), ("1", ""), ('"', ""))
+_BASE_SHAPES = 2
 _CALL_CONTENT = "Vexqcone"
 _FUNCTION = "vexq_lookup"
 _ARGUMENT = "vexq_city"
@@ -234,19 +237,19 @@ def _message(role: str, content: str | None, call: bool = False) -> dict:
     return message
 
 
-def _probes(shape: str) -> list[tuple[str, list[dict], bool, bool]]:
+def _probes(lead: str, trail: str) -> list[tuple[str, list[dict], bool, bool]]:
     """(name, messages, with tools, add_generation_prompt) of every probe conversation."""
-    s1 = _WORDS["system"][0] + shape
-    u1, u2 = (w + shape for w in _WORDS["user"])
-    a1, a2 = (w + shape for w in _WORDS["assistant"])
-    t1, t2 = (w + shape for w in _WORDS["tool"])
+    s1 = lead + _WORDS["system"][0] + trail
+    u1, u2 = (lead + w + trail for w in _WORDS["user"])
+    a1, a2 = (lead + w + trail for w in _WORDS["assistant"])
+    t1, t2 = (lead + w + trail for w in _WORDS["tool"])
     user, assistant, system = (
         _message("user", u1),
         _message("assistant", a1),
         _message("system", s1),
     )
     user2, assistant2 = _message("user", u2), _message("assistant", a2)
-    call = _message("assistant", _CALL_CONTENT + shape, call=True)
+    call = _message("assistant", lead + _CALL_CONTENT + trail, call=True)
     bare_call = _message("assistant", None, call=True)
     tool, tool2 = _message("tool", t1), _message("tool", t2)
     return [
@@ -368,11 +371,22 @@ class _Detector:
             int(i) for i, t in added.items() if getattr(t, "special", False)
         }
         self.renderings: dict[str, list[_Rendering]] = {}
-        for shape, suffix in enumerate(_SHAPES):
-            for name, messages, tools, gen in _probes(suffix):
+        plain: dict[str, str] = {}
+        words = [*(w for ws in _WORDS.values() for w in ws), _CALL_CONTENT]
+        for shape, (lead, trail) in enumerate(_SHAPES):
+            for name, messages, tools, gen in _probes(lead, trail):
                 r = _render(tokenizer, template, shape, name, messages, tools, gen)
-                if r is not None:
-                    self.renderings.setdefault(name, []).append(r)
+                if r is None:
+                    continue
+                if shape == 0:
+                    plain[name] = r.text
+                else:  # a template that trims or edits contents tells nothing more here
+                    expected = plain.get(name)
+                    for word in words if expected is not None else ():
+                        expected = expected.replace(word, lead + word + trail)
+                    if r.text != expected:
+                        continue
+                self.renderings.setdefault(name, []).append(r)
 
     def all(self, primary: bool | None = None) -> list[_Rendering]:
         return [
@@ -488,22 +502,43 @@ class _Detector:
         return (lo, hi) if lo < hi else None
 
     def headers(self, eots, known, inside, renderings) -> dict[str, list[Ids]]:
-        """Header alternatives per role read before every anchor of `renderings`. Headers after
-        a turn of a conversation without tools are read first, as they are; the others (the
-        first message's, after a default system turn or a BOS; a tool conversation's, where a
-        tool list or a call may follow) are cut to one of those where one starts them."""
+        """Header alternatives per role read before every anchor of `renderings`.
+
+        Headers after a turn of a conversation without tools are read first, as they are; the
+        others (the first message's, after a default system turn or a BOS; a tool
+        conversation's, where a tool list or a call may follow) are cut to one of those where
+        one starts them. Contents that start with a character that merges with a header's last
+        token give that header without it (a header of one token only when it is special).
+        """
         found: dict[str, list[Ids]] = {}
-        for first_pass in (True, False):
-            if not first_pass:
-                known = {role: [*known.get(role, ()), *found.get(role, ())]
-                         for role in {*known, *found}}
+        for step in ("after a turn", "others", "merged"):
+            if step != "after a turn":
+                known = {
+                    role: [*known.get(role, ()), *found.get(role, ())] for role in {*known, *found}
+                }
             for r in renderings:
                 for k, a in enumerate(r.anchors):
-                    if (a.role == "tool" and inside) or first_pass != (r.primary and k > 0):
+                    merged = r.shape >= _BASE_SHAPES
+                    after_a_turn = r.primary and k > 0 and not merged
+                    if (
+                        (a.role == "tool" and inside)
+                        or (step == "merged") != merged
+                        or (step == "after a turn") != after_a_turn
+                    ):
                         continue
                     span = self.header_span(r, k, eots, known, inside)
-                    if span is not None:
-                        _add(found.setdefault(a.role, []), tuple(r.ids[span[0] : span[1]]))
+                    if span is None:
+                        continue
+                    alt = tuple(r.ids[span[0] : span[1]])
+                    if (
+                        step != "merged"
+                        or any(
+                            len(alt) < len(h) and h[: len(alt)] == alt
+                            for h in known.get(a.role, ())
+                        )
+                        and (len(alt) > 1 or alt[0] in self.special)
+                    ):
+                        _add(found.setdefault(a.role, []), alt)
         return found
 
     def tool_call(self, eots, known) -> tuple[tuple[Ids, ...], tuple[Ids, ...]] | None:
@@ -635,7 +670,7 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
         raise MaskSpecError(
             f"the chat template rejects a plain user/assistant conversation ({error})"
         )
-    for r in base:
+    for r in base[:1]:
         rendered = {a.role for a in r.anchors}
         for role in _MAIN_ROLES:
             if role not in rendered:

@@ -1,0 +1,169 @@
+"""Every chat family, hundreds of random conversations: labels against the contents' characters.
+
+Each conversation is rendered with the family's chat template, tokenized with character
+offsets, and masked with the spec that `MaskSpec.from_tokenizer` detected. The expected labels
+come from the rendered text alone, not from the spec: an assistant message's *body* runs from
+its content (or, for a tool call without content, from the call's opening text; Mistral
+v0.3's space in front of every reply included) through the
+end of the end-of-turn text that follows it. A token trains iff its characters overlap a
+body. So a token that straddles a content boundary is judged by overlap: one that merges a
+header's last character with the content's first, or the content's last character with the
+end of turn (``.<`` in Gemma's ``text.<end_of_turn>`` on a byte-level vocabulary), trains;
+everything else (headers, system, user and tool contents, text between turns, padding) is
+masked.
+"""
+
+import random
+
+import pytest
+import torch
+from test_chat_templates import FAMILIES, load_family
+
+from gpumask import MaskSpec, mask_labels
+
+CONVERSATIONS = 300
+WORDS = (
+    "apple river Paris blue quantum seven 42 3.14 cat's (maybe) über naïve 東京 ok, yes! "
+    "well: stop. why? [x] <b> a-b x_y {k} 'q' \"w\" #5 @me 100% --flag $9 emoji🙂 tab\there"
+).split(" ")
+FUNCTIONS = ("get_weather", "search_flights", "convert")
+
+
+def _text(rng: random.Random) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(2, 14))]
+    for i in range(1, len(words)):
+        if rng.random() < 0.08:
+            words[i] = "\n" + words[i]
+    text = " ".join(words)
+    if rng.random() < 0.5:
+        text += rng.choice(".?!:)")
+    return text
+
+
+def _call(rng: random.Random, index: int) -> dict:
+    return {
+        "id": f"call{index:05d}",
+        "type": "function",
+        "function": {"name": rng.choice(FUNCTIONS), "arguments": {"city": rng.choice(WORDS)}},
+    }
+
+
+def _conversation(rng: random.Random, family) -> tuple[list[dict], bool]:
+    """Random messages the family's template accepts, and whether they need the tool list."""
+    messages: list[dict] = []
+    if family.system and rng.random() < 0.5:
+        messages.append({"role": "system", "content": _text(rng)})
+    calls = 0
+    for _ in range(rng.randint(1, 4)):
+        messages.append({"role": "user", "content": _text(rng)})
+        if not family.alternating and rng.random() < 0.15:
+            messages.append({"role": "user", "content": _text(rng)})
+        if family.tools == "calls" and rng.random() < 0.5:
+            n = rng.randint(1, family.max_calls)
+            content = _text(rng) if rng.random() < 0.5 else ""
+            message = {
+                "role": "assistant",
+                "content": content,
+                "tool_calls": [_call(rng, calls + i) for i in range(n)],
+            }
+            messages.append(message)
+            for i in range(n):
+                messages.append(
+                    {"role": "tool", "tool_call_id": f"call{calls + i:05d}", "content": _text(rng)}
+                )
+            calls += n
+        messages.append({"role": "assistant", "content": _text(rng)})
+        if family.tools == "results" and rng.random() < 0.3:
+            messages.append({"role": "tool", "content": _text(rng)})
+            messages.append({"role": "assistant", "content": _text(rng)})
+        if not family.alternating and rng.random() < 0.2:
+            messages.append({"role": "assistant", "content": _text(rng)})
+    return messages, calls > 0
+
+
+def _bodies(text: str, messages: list[dict], family) -> list[tuple[int, int]]:
+    """Character spans that train: each assistant message from its content (or its call)
+    through the end of the end-of-turn text after it. Every other content must be found
+    where expected, so that a template that drops or moves one fails here."""
+    bodies, at = [], 0
+    for message in messages:
+        content = message["content"].strip()
+        found = text.find(content, at) if content else -1
+        if message["role"] == "assistant":
+            if found < 0 or (message.get("tool_calls") and not family.call_content):
+                found = text.find(family.call_open, at)
+            elif text.endswith(family.reply_prefix, at, found):
+                found -= len(family.reply_prefix)
+            assert found >= 0, (family.name, message, text)
+            end = text.index(family.eot, found) + len(family.eot)
+            bodies.append((found, end))
+            at = end
+        elif found >= 0:
+            at = found + len(content)
+        else:
+            assert message["role"] == "system" and family.drops_system, (message, text)
+    return bodies
+
+
+def _expected(offsets: list[tuple[int, int]], bodies: list[tuple[int, int]]) -> list[bool]:
+    return [
+        any(s < hi and (e > lo or (s == e and s >= lo)) for lo, hi in bodies) for s, e in offsets
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_random_conversations_train_exactly_the_assistant_bodies(name):
+    family = FAMILIES[name]
+    tok = load_family(name)
+    spec = MaskSpec.from_tokenizer(tok)
+    rng = random.Random(f"gpumask {name}")
+    texts, all_bodies = [], []
+    for _ in range(CONVERSATIONS):
+        messages, with_tools = _conversation(rng, family)
+        text = tok.apply_chat_template(
+            messages, tools=TOOLS if with_tools else None, tokenize=False
+        )
+        texts.append(text)
+        all_bodies.append(_bodies(text, messages, family))
+    encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    length = max(len(ids) for ids in encoded["input_ids"])
+    input_ids = torch.zeros(len(texts), length, dtype=torch.int64)
+    attention_mask = torch.zeros(len(texts), length, dtype=torch.int64)
+    expected = torch.full((len(texts), length), -100, dtype=torch.int64)
+    for row, (ids, offsets, bodies) in enumerate(
+        zip(encoded["input_ids"], encoded["offset_mapping"], all_bodies)
+    ):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        trained = torch.tensor(_expected(offsets, bodies), dtype=torch.bool)
+        expected[row, : len(ids)] = torch.where(trained, torch.tensor(ids), -100)
+    labels = mask_labels(input_ids, spec, attention_mask=attention_mask)
+    wrong = (labels != expected).nonzero().tolist()
+    if wrong:
+        row, t = wrong[0]
+        ids, offsets = encoded["input_ids"][row], encoded["offset_mapping"][row]
+        s, e = offsets[t]
+        pytest.fail(
+            f"{name}: {len(wrong)} wrong labels in {len({r for r, _ in wrong})} rows; first: "
+            f"row {row}, token {t} {texts[row][s:e]!r} trains={labels[row, t] != -100} "
+            f"expected={expected[row, t] != -100}, in context "
+            f"{texts[row][max(0, s - 60) : s]!r} | {texts[row][s : e + 60]!r}\n{spec!r}"
+        )
+    assert int((expected != -100).sum()) > CONVERSATIONS  # the conversations do train
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": f"{name.replace('_', ' ')}.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+    for name in FUNCTIONS
+]
