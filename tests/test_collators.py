@@ -267,3 +267,13 @@ def test_bad_arguments_raise_clearly(kwargs, error, message):
 def test_bad_examples_raise_clearly(examples, error, message):
     with pytest.raises(error, match=re.escape(message)):
         CompletionCollator(None, SPEC)(examples)
+
+
+def test_spec_defaults_to_the_tokenizers_chat_template():
+    tok = AutoTokenizer.from_pretrained(f"{TOKENIZERS}/qwen2_5")
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
+    row = tok.apply_chat_template(messages, tokenize=True, return_dict=True)
+    collate = CompletionCollator(tok)
+    assert collate.spec == MaskSpec.from_tokenizer(tok)
+    labels = collate([row])["labels"][0]
+    assert tok.decode(labels[labels != X]) == "Hello.<|im_end|>"
