@@ -229,7 +229,7 @@ class CompletionCollator:
             `attention_mask`; the first label of each sequence is `ignore_index`.
         pad_to_multiple_of: round the padded length up to a multiple of this.
         max_length: truncate longer rows (on `tokenizer.truncation_side`, default right).
-        ignore_index: the label of untrained tokens.
+        ignore_index: the label of untrained tokens (Hugging Face losses skip -100 only).
         padding_side: "left" or "right"; default the tokenizer's, else right.
         warn: warn (`NoTrainedTokensWarning`) on rows with no trained token (mask_on="batch").
 
@@ -280,9 +280,9 @@ class CompletionCollator:
             raise ValueError(f"max_length: expected a positive int or None, got {max_length!r}")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
-        pad_id = None
-        for name in ("pad_token_id", "eos_token_id"):
-            pad_id = getattr(tokenizer, name, None) if pad_id is None else pad_id
+        pad_id = getattr(tokenizer, "pad_token_id", None)
+        if pad_id is None:
+            pad_id = getattr(tokenizer, "eos_token_id", None)
         self.tokenizer = tokenizer
         self.spec = spec
         self.mask_on = mask_on
