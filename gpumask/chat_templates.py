@@ -51,7 +51,6 @@ Example (Qwen2.5's own template)::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 from gpumask.spec import MaskSpec, MaskSpecError
@@ -557,7 +556,7 @@ class _Detector:
                         continue
                     lo = r.offsets[span[1] - 1][1]
                 ends = [at for e in eots["assistant"] if (at := r.find(e, a.stop, r.after(k))) >= 0]
-                hi = r.offsets[min(ends)][0] if ends else r.text.find("\n", a.end)
+                hi = r.offsets[min(ends)][0] if ends else r.anchors[k + 1].start
                 open_text = r.text[lo : a.start].strip().rstrip("[").strip()
                 close_text = r.text[a.end : hi].strip().lstrip("]").strip()
                 if open_text:
@@ -613,7 +612,7 @@ class _Detector:
         return inside, (tuple(opens), tuple(closes))
 
 
-def _drop_folded(headers: dict[str, list[Ids]]) -> dict[str, tuple[Ids, ...]]:
+def _drop_folded(headers: dict[str, list[Ids]], decode) -> dict[str, tuple[Ids, ...]]:
     """A role whose header is the user's or the assistant's (a system message folded into a
     user turn) loses it; a header made of another header and a header of its own role is not
     one (Mistral's `[/TOOL_RESULTS][TOOL_RESULTS]` is two)."""
@@ -623,7 +622,7 @@ def _drop_folded(headers: dict[str, list[Ids]]) -> dict[str, tuple[Ids, ...]]:
             if main[alt] != role:
                 raise MaskSpecError(
                     f"the user and assistant turns have the same header "
-                    f"{list(alt)}; the chat format cannot tell them apart"
+                    f"{decode(list(alt))!r}={list(alt)}; the chat format cannot tell them apart"
                 )
     every = {alt for alts in headers.values() for alt in alts}
     out: dict[str, tuple[Ids, ...]] = {}
@@ -706,7 +705,7 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
     for role, alts in d.headers(eots, known, inside, tools).items():
         for alt in alts:
             _add(headers.setdefault(role, []), alt)
-    headers = _drop_folded(headers)
+    headers = _drop_folded(headers, tokenizer.decode)
     end_of_turn: list[Ids] = []
     for role in headers:
         for alt in eots.get(role, ()):

@@ -11,9 +11,15 @@ a Qwen3-like template with `<think>`).
 import dataclasses
 import functools
 import os
+import re
 
+import pytest
+import torch
 from conftest import FIXTURES, TOKENIZERS
 from transformers import AutoTokenizer
+
+from gpumask import MaskSpec, MaskSpecError, mask_labels
+from gpumask.chat_templates import detect_chat_format
 
 TEMPLATES = os.path.join(FIXTURES, "templates")
 MISTRAL_CONTROL = (
@@ -114,3 +120,423 @@ def load_family(name: str):
         with open(os.path.join(TEMPLATES, family.template + ".jinja"), encoding="utf-8") as f:
             tok.chat_template = f.read()
     return tok
+
+
+def _decoded(tok, alts) -> list[str]:
+    return [tok.decode(list(ids)) for ids in alts]
+
+
+def _pieces(tok, alts) -> list[list[str]]:
+    return [tok.convert_ids_to_tokens(list(ids)) for ids in alts]
+
+
+def _trained(tok, spec, messages, **kwargs) -> list[str]:
+    """The rendered text of each run of trained tokens, by character offsets."""
+    text = tok.apply_chat_template(messages, tokenize=False, **kwargs)
+    encoded = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    labels = mask_labels(torch.tensor([encoded["input_ids"]]), spec)[0].tolist()
+    runs, start, end = [], None, None
+    for (s, e), label in zip(encoded["offset_mapping"], labels + [-100]):
+        if label != -100:
+            start = s if start is None else start
+            end = e
+        elif start is not None:
+            runs.append(text[start:end])
+            start = None
+    if start is not None:
+        runs.append(text[start:end])
+    return runs
+
+
+# family -> (headers per role, end of turn, masked spans, tool results, tool call), decoded
+DETECTED = {
+    "qwen2_5": (
+        {
+            "system": ["<|im_start|>system\n", "<|im_start|>system"],
+            "user": ["<|im_start|>user\n", "<|im_start|>user"],
+            "assistant": ["<|im_start|>assistant\n", "<|im_start|>assistant"],
+        },
+        ["<|im_end|>"],
+        [
+            (
+                ["<tool_response>\n", "<tool_response>\n\n"],
+                ["</tool_response>", "</tool_response>\n"],
+            )
+        ],
+        "inside role 'user'",
+        (["<tool_call>"], ["</tool_call>"]),
+    ),
+    "llama3_1": (
+        {
+            "system": ["<|start_header_id|>system<|end_header_id|>\n\n"],
+            "user": ["<|start_header_id|>user<|end_header_id|>\n\n"],
+            "assistant": ["<|start_header_id|>assistant<|end_header_id|>\n\n"],
+            "tool": ["<|start_header_id|>tool<|end_header_id|>\n\n"],
+        },
+        ["<|eot_id|>"],
+        [],
+        "role 'tool'",
+        None,
+    ),
+    "smollm2": (
+        {
+            "system": ["<|im_start|>system\n"],
+            "user": ["<|im_start|>user\n"],
+            "assistant": ["<|im_start|>assistant\n"],
+            "tool": ["<|im_start|>tool\n"],
+        },
+        ["<|im_end|>"],
+        [],
+        "role 'tool'",
+        None,
+    ),
+    "mistral_inst": (
+        {"user": ["[INST]"], "assistant": ["[/INST]", "[/INST"]},
+        ["</s>"],
+        [],
+        "not rendered",
+        None,
+    ),
+    "zephyr": (
+        {
+            "system": ["<|system|>\n", "<|system|>\n"],
+            "user": ["<|user|>\n", "<|user|>\n"],
+            "assistant": ["<|assistant|>\n"],
+        },
+        ["</s>"],
+        [],
+        "not rendered",
+        None,
+    ),
+    "hash_assistant": (
+        {"user": ["### User:\n", "### User:\n"], "assistant": ["### Assistant:\n"]},
+        ["</s>"],
+        [],
+        "not rendered",
+        None,
+    ),
+    "gemma": (
+        {"user": ["<start_of_turn>user\n"], "assistant": ["<start_of_turn>model\n"]},
+        ["<end_of_turn>\n", "end_of_turn>\n"],
+        [],
+        "not rendered",
+        None,
+    ),
+    "phi3": (
+        {"system": ["<|system|> \n"], "user": ["<|user|> \n"], "assistant": ["<|assistant|> \n"]},
+        ["<|end|>"],
+        [],
+        "not rendered",
+        None,
+    ),
+    "llama3_tools": (
+        {
+            "system": ["<|start_header_id|>system<|end_header_id|>\n\n"],
+            "user": ["<|start_header_id|>user<|end_header_id|>\n\n"],
+            "assistant": ["<|start_header_id|>assistant<|end_header_id|>\n\n"],
+            "tool": ["<|start_header_id|>ipython<|end_header_id|>\n\n"],
+        },
+        ["<|eot_id|>"],
+        [],
+        "role 'tool'",
+        None,
+    ),
+    "qwen3": (
+        {
+            "system": ["<|im_start|>system\n"],
+            "user": ["<|im_start|>user\n", "<|im_start|>user"],
+            "assistant": [
+                "<|im_start|>assistant\n<think>\n\n</think>\n\n",
+                "<|im_start|>assistant\n",
+                "<|im_start|>assistant",
+            ],
+        },
+        ["<|im_end|>"],
+        [
+            (
+                ["<tool_response>\n", "<tool_response>\n\n"],
+                ["</tool_response>", "</tool_response>\n"],
+            )
+        ],
+        "inside role 'user'",
+        (["<tool_call>"], ["</tool_call>"]),
+    ),
+    "mistral_tools": (
+        {
+            "user": ["[INST]"],
+            "assistant": ["[/INST]", "[/TOOL_RESULTS]"],
+            "tool": ["[TOOL_RESULTS]"],
+        },
+        ["</s>"],
+        [],
+        "role 'tool'",
+        (["[TOOL_CALLS]"], []),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_detected_format(name):
+    tok = load_family(name)
+    headers, eot, spans, tool_results, tool_call = DETECTED[name]
+    fmt = detect_chat_format(tok)
+    assert {role: _decoded(tok, alts) for role, alts in fmt.headers.items()} == headers
+    assert _decoded(tok, fmt.end_of_turn) == eot
+    assert [(_decoded(tok, o), _decoded(tok, c)) for o, c in fmt.masked_spans] == spans
+    assert fmt.tool_results == tool_results
+    call = fmt.tool_call and (_decoded(tok, fmt.tool_call[0]), _decoded(tok, fmt.tool_call[1]))
+    assert call == tool_call
+    spec = MaskSpec.from_tokenizer(tok)
+    assert spec == fmt.spec(tok)
+    assert spec.roles == fmt.headers and spec.role_names == tuple(headers)
+
+
+def test_repr_shows_what_was_detected():
+    spec = MaskSpec.from_tokenizer(load_family("llama3_1"))
+    assert repr(spec) == (
+        "MaskSpec(\n"
+        "  role 'system': '<|start_header_id|>system<|end_header_id|>\\n\\n'"
+        "=[128006, 9125, 128007, 271]\n"
+        "  role 'user': '<|start_header_id|>user<|end_header_id|>\\n\\n'"
+        "=[128006, 882, 128007, 271]\n"
+        "  role 'assistant': '<|start_header_id|>assistant<|end_header_id|>\\n\\n'"
+        "=[128006, 78191, 128007, 271]\n"
+        "  role 'tool': '<|start_header_id|>tool<|end_header_id|>\\n\\n'"
+        "=[128006, 14506, 128007, 271]\n"
+        "  end_of_turn: '<|eot_id|>'=[128009]\n"
+        "  train_roles=('assistant',), train_on_end_of_turn=True, last_turn_only=False, "
+        "initial_role=None\n"
+        ")"
+    )
+    spec = MaskSpec.from_tokenizer(load_family("mistral_tools"))
+    assert repr(spec).splitlines()[1:5] == [
+        "  role 'user': '[INST]'=[32000]",
+        "  role 'assistant': '[/INST]'=[32001] | '[/TOOL_RESULTS]'=[32006]",
+        "  role 'tool': '[TOOL_RESULTS]'=[32005]",
+        "  end_of_turn: '</s>'=[2]",
+    ]
+
+
+def test_qwen_markers_are_exact_ids():
+    fmt = detect_chat_format(load_family("qwen2_5"))
+    assert fmt.headers["assistant"] == ((151644, 77091, 198), (151644, 77091))
+    assert fmt.end_of_turn == ((151645,),)
+    assert fmt.tool_call == (((151657,),), ((151658,),))
+
+
+def test_mistral_without_assistant_header_reads_inst_markers_in_context():
+    tok = load_family("mistral_inst")
+    fmt = detect_chat_format(tok)
+    assert _pieces(tok, fmt.headers["user"]) == [["▁[", "INST", "]"]]
+    # "]" merges with a reply's first character ("]{" , "](") in SentencePiece
+    assert _pieces(tok, fmt.headers["assistant"]) == [["▁[", "/", "INST", "]"], ["▁[", "/", "INST"]]
+    spec = fmt.spec(tok)
+    messages = [
+        {"role": "user", "content": "Give JSON."},
+        {"role": "assistant", "content": '{"a": 1}'},
+        {"role": "user", "content": "Thanks"},
+        {"role": "assistant", "content": "Sure."},
+    ]
+    assert _trained(tok, spec, messages) == [']{"a": 1}</s>', "Sure.</s>"]
+
+
+def test_first_header_of_a_sentencepiece_conversation_is_its_own_alternative():
+    tok = load_family("zephyr")
+    fmt = detect_chat_format(tok)
+    assert _pieces(tok, fmt.headers["user"]) == [
+        ["<", "|", "user", "|", ">", "<0x0A>"],
+        ["▁<", "|", "user", "|", ">", "<0x0A>"],
+    ]
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye."},
+    ]
+    assert _trained(tok, fmt.spec(tok), messages) == ["Hello!</s>", "Bye.</s>"]
+
+
+def test_default_system_prompt_and_bos_are_not_part_of_a_header():
+    tok = load_family("smollm2")
+    spec = MaskSpec.from_tokenizer(tok)
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    text = tok.apply_chat_template(messages, tokenize=False)
+    assert text.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+    assert _trained(tok, spec, messages) == ["Hello!<|im_end|>"]
+    tok = load_family("llama3_tools")  # BOS and a system turn with dates, always rendered
+    assert _trained(tok, MaskSpec.from_tokenizer(tok), messages) == ["Hello!<|eot_id|>"]
+
+
+def test_think_block_of_the_last_turn_is_part_of_its_header():
+    tok = load_family("qwen3")
+    spec = MaskSpec.from_tokenizer(tok)
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4"},
+    ]
+    assert "<|im_start|>assistant\n<think>\n\n</think>\n\n4<|im_end|>" in tok.apply_chat_template(
+        messages, tokenize=False
+    )
+    assert _trained(tok, spec, messages) == ["Hello!<|im_end|>", "4<|im_end|>"]
+
+
+def test_system_folded_into_a_user_turn_gives_no_system_role():
+    for name in ("gemma", "mistral_tools"):
+        assert "system" not in detect_chat_format(load_family(name)).headers, name
+    tok = load_family("gemma")
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+    assert _trained(tok, MaskSpec.from_tokenizer(tok), messages) == ["Hello!<end_of_turn>\n"]
+
+
+TOOL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Nice?"},
+    {
+        "role": "assistant",
+        "content": "Checking.",
+        "tool_calls": [
+            {
+                "id": "abc123xyz",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": {"city": "Nice"}},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "abc123xyz", "content": "27 C"},
+    {"role": "assistant", "content": "It is 27 C."},
+]
+WEATHER_TOOL = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_tool_calls_train_and_tool_results_are_masked():
+    expected = {
+        "qwen2_5": [
+            'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": '
+            '"Nice"}}\n</tool_call><|im_end|>',
+            "It is 27 C.<|im_end|>",
+        ],
+        "llama3_tools": [
+            '{"name": "get_weather", "parameters": {"city": "Nice"}}<|eot_id|>',
+            "It is 27 C.<|eot_id|>",
+        ],
+        "mistral_tools": [
+            '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Nice"}, '
+            '"id": "abc123xyz"}]</s>',
+            " It is 27 C.</s>",
+        ],
+    }
+    for name, runs in expected.items():
+        tok = load_family(name)
+        spec = MaskSpec.from_tokenizer(tok)
+        assert _trained(tok, spec, TOOL_CONVERSATION, tools=WEATHER_TOOL) == runs, name
+
+
+def test_train_tool_calls_false_masks_the_call_wrapper():
+    tok = load_family("qwen2_5")
+    spec = MaskSpec.from_tokenizer(tok, train_tool_calls=False)
+    assert _decoded(tok, spec.masked_spans[-1][0]) == ["<tool_call>"]
+    assert _trained(tok, spec, TOOL_CONVERSATION, tools=WEATHER_TOOL) == [
+        "Checking.\n",
+        "<|im_end|>",
+        "It is 27 C.<|im_end|>",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("mistral_tools", "opens tool calls but has no close marker"),
+        ("llama3_tools", "wraps tool calls in no (open, close) pair"),
+        ("llama3_1", "renders no tool call"),
+    ],
+)
+def test_train_tool_calls_false_needs_a_wrapped_call(name, reason):
+    with pytest.raises(
+        MaskSpecError,
+        match=re.escape(f"train_tool_calls=False: the template {reason}, so tool calls cannot be"),
+    ):
+        MaskSpec.from_tokenizer(load_family(name), train_tool_calls=False)
+
+
+def test_overrides_replace_what_was_detected():
+    tok = load_family("llama3_tools")
+    detected = MaskSpec.from_tokenizer(tok)
+    spec = MaskSpec.from_tokenizer(tok, last_turn_only=True, train_roles=("assistant", "tool"))
+    assert spec.last_turn_only and spec.train_roles == ("assistant", "tool")
+    assert spec.roles == detected.roles and spec.end_of_turn == detected.end_of_turn
+    assert "role 'tool'" in repr(spec)  # still decoded
+    with pytest.raises(MaskSpecError, match="train_roles: unknown role 'tool'"):
+        MaskSpec.from_tokenizer(load_family("qwen2_5"), train_roles=("assistant", "tool"))
+
+
+def test_chat_template_argument_is_read_instead_of_the_tokenizers():
+    plain = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "mistral7b_v01"))
+    with open(os.path.join(TEMPLATES, "zephyr.jinja"), encoding="utf-8") as f:
+        zephyr = f.read()
+    assert MaskSpec.from_tokenizer(plain, chat_template=zephyr) == MaskSpec.from_tokenizer(
+        load_family("zephyr")
+    )
+
+
+def _mistral_with(template: str | None):
+    tok = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "mistral7b_v01"))
+    tok.chat_template = template
+    return tok
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        (None, "tokenizer has no chat_template to read the chat format from"),
+        (
+            "{{ raise_exception('no chats here') }}",
+            "the chat template rejects a plain user/assistant conversation "
+            "(TemplateError: no chats here)",
+        ),
+        (
+            "{% for m in messages %}{% if m.role == 'user' %}{{ m.content }}{% endif %}"
+            "{% endfor %}",
+            "the chat template renders no assistant content: [user, assistant] gave 'Vexquone'",
+        ),
+        (
+            "{% for m in messages %}{{ '### ' + m.role + ':\\n' + m.content + '\\n\\n' }}"
+            "{% endfor %}",
+            "end of turn not found: the template puts nothing but whitespace after the assistant's "
+            "content ('\\n\\n' in",
+        ),
+        (
+            "{% for m in messages %}{{ '>> ' + m.content + eos_token }}{% endfor %}",
+            "the user and assistant turns have the same header",
+        ),
+    ],
+)
+def test_unreadable_templates_raise_naming_what_is_missing(template, message):
+    with pytest.raises(MaskSpecError, match=re.escape(message)):
+        MaskSpec.from_tokenizer(_mistral_with(template))
+
+
+def test_tool_results_with_no_boundary_token_raise():
+    with open(os.path.join(TEMPLATES, "mistral_tools.jinja"), encoding="utf-8") as f:
+        tok = _mistral_with(f.read())  # Mistral v0.3's template, without its control tokens
+    with pytest.raises(
+        MaskSpecError,
+        match=re.escape(
+            "header after a tool result: the template puts no end of turn after a tool result "
+            "and no special token before the next turn"
+        ),
+    ):
+        MaskSpec.from_tokenizer(tok)
