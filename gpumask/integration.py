@@ -71,7 +71,9 @@ class MaskingHook:
         self.ignore_index = mask_kwargs.get("ignore_index", -100)
         self.last_stats: dict[str, torch.Tensor] | None = None
         parameter = next(model.parameters(), None)
-        self.device = None if parameter is None else parameter.device
+        # Where the labels go: the model's (first) device; an offloaded "meta" weight says nothing.
+        on_device = parameter is not None and parameter.device.type != "meta"
+        self.device = parameter.device if on_device else None
         self._model = model
         self._handle = model.register_forward_pre_hook(self, with_kwargs=True)
 
