@@ -192,7 +192,9 @@ def test_warns_on_truncation_inside_a_header_and_after_it():
 
 def test_left_truncation_keeps_the_end_and_says_so():
     collate = CompletionCollator(tokenizer(truncation_side="left"), SPEC, max_length=4)
-    batch = collate([ROW])
+    batch = CompletionCollator(tokenizer(truncation_side="left"), SPEC, max_length=4, warn=False)(
+        [ROW]
+    )
     assert batch["input_ids"].tolist() == [[30, 31, 2, 3]]
     assert batch["labels"].tolist() == [[X] * 4]  # the header was cut: nothing says "reply"
     message = collate_warning(collate, [ROW])

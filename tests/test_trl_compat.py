@@ -18,6 +18,7 @@ from gpumask import DataCollatorForCompletionOnlyLM, MaskSpecError
 from gpumask.collators import NoTrainedTokensWarning
 
 IGNORE = -100
+pytestmark = pytest.mark.filterwarnings("ignore:This class is deprecated:DeprecationWarning")
 WORDS = (
     "the cat sat on a mat hello world data token quick brown fox 42 yes no ok why "
     "because . , ! ? Hi there"
@@ -395,6 +396,7 @@ def test_missing_tokenizer_and_missing_pad_token_raise():
         DataCollatorForCompletionOnlyLM(ASSISTANT)
     tok = load("llama3_1")  # no pad token
     collate = DataCollatorForCompletionOnlyLM("### Assistant:", tokenizer=tok)
-    assert collate([[1, 2, 3], [4, 5, 6]])["input_ids"].shape == (2, 3)  # no padding needed
+    with pytest.warns(NoTrainedTokensWarning):  # no padding needed; no template either
+        assert collate([[1, 2, 3], [4, 5, 6]])["input_ids"].shape == (2, 3)
     with pytest.raises(ValueError, match="tokenizer: it has no pad token"):
         collate([[1, 2, 3], [4, 5]])
