@@ -98,47 +98,43 @@ def _max(a, b):
     return tl.maximum(a, b)
 
 
+# A span-state map holds N 4-bit entries, entry x being the image of state x; "f, then g" reads
+# g at each entry of f. `tl.associative_scan` passes no constexpr to its combine function, so
+# each state count has its own (and none calls another jit function: the interpreter would
+# re-patch triton.language on every call).
 @triton.jit
-def _shift_right(x, lane, fill):
-    """x[lane - 1] at each lane, `fill` at lane 0."""
-    return tl.where(lane == 0, fill, tl.gather(x, tl.maximum(lane - 1, 0), 0))
-
-
-@triton.jit
-def _compose(f, g, N: tl.constexpr):
-    """The state map "f, then g"; a map holds N 4-bit entries, entry x being the image of x."""
-    out = tl.zeros_like(f)
-    for x in tl.static_range(N):
-        fx = (f >> (4 * x)) & 15
-        out |= ((g >> (4 * fx)) & 15) << (4 * x)
+def _compose4(f, g):
+    out = f ^ f
+    for x in tl.static_range(4):
+        out |= ((g >> (4 * ((f >> (4 * x)) & 15))) & 15) << (4 * x)
     return out
 
 
 @triton.jit
-def _compose2(f, g):
-    return _compose(f, g, 2)
-
-
-@triton.jit
-def _compose4(f, g):
-    return _compose(f, g, 4)
-
-
-@triton.jit
 def _compose8(f, g):
-    return _compose(f, g, 8)
+    out = f ^ f
+    for x in tl.static_range(8):
+        out |= ((g >> (4 * ((f >> (4 * x)) & 15))) & 15) << (4 * x)
+    return out
 
 
 @triton.jit
 def _compose16(f, g):
-    return _compose(f, g, 16)
+    out = f ^ f
+    for x in tl.static_range(16):
+        out |= ((g >> (4 * ((f >> (4 * x)) & 15))) & 15) << (4 * x)
+    return out
 
 
 @triton.jit
 def _scan_maps(maps, N: tl.constexpr):
-    """Inclusive prefix compositions of packed span-state maps (N: states, a power of two)."""
+    """Inclusive prefix compositions of packed span-state maps (N states, a power of two)."""
     if N == 2:
-        out = tl.associative_scan(maps, 0, _compose2)
+        # Two states: every map is the identity (0x10) or a constant, so the last
+        # non-identity map is the composition (a max scan, cheaper than composing).
+        lane = tl.arange(0, maps.shape[0])
+        last = tl.associative_scan(tl.where(maps != 0x10, (lane << 8) | maps, -1), 0, _max)
+        out = tl.where(last >= 0, last & 255, 0x10)
     elif N == 4:
         out = tl.associative_scan(maps, 0, _compose4)
     elif N == 8:
@@ -146,20 +142,6 @@ def _scan_maps(maps, N: tl.constexpr):
     else:
         out = tl.associative_scan(maps, 0, _compose16)
     return out
-
-
-@triton.jit
-def _train_bits(train_ptr, R: tl.constexpr):
-    """Bit r set when role r trains (R roles; code R, no role, never trains)."""
-    bits = tl.zeros([], tl.int64)
-    for r in tl.static_range(R):
-        bits |= (tl.load(train_ptr + r) != 0).to(tl.int64) << r
-    return bits
-
-
-@triton.jit
-def _trains(bits, role):
-    return ((bits >> role.to(tl.int64)) & 1) != 0
 
 
 # --- the work of one window ------------------------------------------------------------------
@@ -200,17 +182,15 @@ def _window(
     token = tl.where(real & (x >= 0) & (x <= 0x7FFFFFFF), x, -1).to(tl.int32)
     want = tl.load(mk_ids_ptr + m * K, mask=has_m, other=-2).to(tl.int32)
     hit = token[:, None] == want[None, :]
-    cut = pos < 0
     for k in tl.static_range(1, K):
         q = pos + k
         ok = (q >= 0) & (q < T)
         xk = tl.load(ids_ptr + row + q, mask=ok, other=-1)
-        ok = ok & (xk >= 0) & (xk <= 0x7FFFFFFF)
         if HAS_REAL:
             ok = ok & (tl.load(real_ptr + row + q, mask=ok, other=0) != 0)
-        if HAS_START:
-            cut = cut | (tl.load(start_ptr + row + q, mask=(q >= 0) & (q < T), other=0) != 0)
-            ok = ok & ~cut
+        if HAS_START:  # a marker may not run into the next sequence (checked at every k < len)
+            ok = ok & (tl.load(start_ptr + row + q, mask=ok, other=0) == 0)
+        ok = ok & (xk >= 0) & (xk <= 0x7FFFFFFF)
         tk = tl.where(ok, xk, -1).to(tl.int32)
         want = tl.load(mk_ids_ptr + m * K + k, mask=has_m, other=-2).to(tl.int32)
         hit = hit & ((tk[:, None] == want[None, :]) | (length <= k)[None, :])
@@ -218,10 +198,12 @@ def _window(
     size = info & 255
 
     # Overlaps: keep a start at or past the end of every earlier match.
-    reach = _shift_right(tl.associative_scan(tl.where(size > 0, lane + size, 0), 0, _max), lane, 0)
+    previous = tl.maximum(lane - 1, 0)  # a one-lane shift is a gather from the lane before
+    reach = tl.associative_scan(tl.where(size > 0, lane + size, 0), 0, _max)
+    reach = tl.where(lane == 0, 0, tl.gather(reach, previous, 0))
     kept = (size > 0) & (lane >= reach)
     last = tl.associative_scan(tl.where(kept, (lane << 16) | info, -1), 0, _max)
-    before = _shift_right(last, lane, -1)
+    before = tl.where(lane == 0, -1, tl.gather(last, previous, 0))
 
     # Events at chunk lanes.
     chunk = (lane >= halo) & (pos < T)
@@ -236,7 +218,10 @@ def _window(
     close_end = ended & (end_kind == _SPAN_CLOSE)
     role_code = tl.where(header, arg, tl.where(start, initial, R))
     role_key = tl.where(start | header | eot_end, (lane << 8) | role_code, -1)
-    trains = _trains(_train_bits(train_ptr, R), arg)
+    train_bits = tl.zeros([], tl.int64)  # bit r: role r trains (code R, no role, never does)
+    for r in tl.static_range(R):
+        train_bits |= (tl.load(train_ptr + r) != 0).to(tl.int64) << r
+    trains = ((train_bits >> arg.to(tl.int64)) & 1) != 0
     turn_start = (header & trains) | (start & (tl.load(train_ptr + initial) != 0))
 
     maps = tl.zeros([BLOCK], tl.int64)
@@ -249,7 +234,7 @@ def _window(
             state = tl.where(close_end & (state == close_arg + 1), 0, state)
             state = tl.where(opens & (state == 0), arg + 1, state)
             maps |= state.to(tl.int64) << (4 * s)
-    return x, real, start, chunk, last, role_key, turn_start, maps
+    return x, real, start, chunk, last, role_key, turn_start, maps, train_bits
 
 
 @triton.jit
@@ -265,7 +250,7 @@ def _summarize_kernel(
     c = tl.program_id(0)
     b = tl.program_id(1)
     row = b.to(tl.int64) * T
-    _, _, start, chunk, _, role_key, turn_start, maps = _window(
+    _, _, start, chunk, _, role_key, turn_start, maps, _ = _window(
         ids_ptr, real_ptr, start_ptr, row, c * chunk_len - halo, T, halo,
         mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
         M, MP, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
@@ -341,7 +326,7 @@ def _label_kernel(
     b = tl.program_id(1)
     row = b.to(tl.int64) * T
     w = c * chunk_len - halo
-    x, real, start, chunk, last, role_key, turn_start, maps = _window(
+    x, real, start, chunk, last, role_key, turn_start, maps, train_bits = _window(
         ids_ptr, real_ptr, start_ptr, row, w, T, halo,
         mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
         M, MP, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
@@ -362,7 +347,7 @@ def _label_kernel(
 
     role = tl.associative_scan(role_key, 0, _max)
     role = tl.where(role >= 0, role & 255, role_in)
-    trained = chunk & real & _trains(_train_bits(train_ptr, R), role)
+    trained = chunk & real & (((train_bits >> role.to(tl.int64)) & 1) != 0)
     covered = (last >= 0) & ((last >> 16) + (last & 255) > lane)
     cover_kind = (last >> 8) & 3
     trained = trained & ~(covered & (cover_kind == _HEADER))
