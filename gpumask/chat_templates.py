@@ -67,7 +67,17 @@ _WORDS = {
     "assistant": ("Vexqaone", "Vexqatwo"),
     "tool": ("Vexqtone", "Vexqttwo"),
 }
-_SHAPES = (("", ""), ("", "."), ("{", ""), ("(", ""), ("\n", ""), ("1", ""), ('"', ""))
+_SHAPES = (
+    ("", ""),
+    ("", "."),
+    ("{", ""),
+    ("(", ""),
+    ("1", ""),
+    ('"', ""),
+    (" ", ""),
+    ("\n", ""),
+    ("\n\n", ""),
+)
 _BASE_SHAPES = 2
 _CALL_CONTENT = "Vexqcone"
 _FUNCTION = "vexq_lookup"

@@ -54,6 +54,7 @@ class Family:
     call_content: bool = True  # the template renders an assistant's content beside its calls
     max_calls: int = 2
     drops_system: bool = False
+    trims: bool = False  # the template strips whitespace around contents
     reply_prefix: str = ""  # text the template puts before an assistant's content, as a reply's
     added_tokens: tuple[str, ...] = ()
     eos_token: str | None = None
@@ -63,14 +64,14 @@ FAMILIES = {
     f.name: f
     for f in [
         Family("qwen2_5", "qwen2_5", None, "<|im_end|>", tools="calls", call_open="<tool_call>"),
-        Family("llama3_1", "llama3_1", None, "<|eot_id|>", tools="results"),
+        Family("llama3_1", "llama3_1", None, "<|eot_id|>", tools="results", trims=True),
         Family("smollm2", "smollm2", None, "<|im_end|>", tools="results"),
         Family(
             "mistral_inst", "mistral7b_v01", "mistral_inst", "</s>", system=False, alternating=True
         ),
         Family("zephyr", "mistral7b_v01", "zephyr", "</s>"),
         Family("hash_assistant", "mistral7b_v01", "hash_assistant", "</s>"),
-        Family("gemma", "llama3_1", "gemma", "<end_of_turn>", alternating=True),
+        Family("gemma", "llama3_1", "gemma", "<end_of_turn>", alternating=True, trims=True),
         Family(
             "phi3",
             "mistral7b_v01",
@@ -88,8 +89,17 @@ FAMILIES = {
             call_open='{"name"',
             call_content=False,
             max_calls=1,
+            trims=True,
         ),
-        Family("qwen3", "qwen2_5", "qwen3", "<|im_end|>", tools="calls", call_open="<tool_call>"),
+        Family(  # strips newlines in front of the last reply
+            "qwen3",
+            "qwen2_5",
+            "qwen3",
+            "<|im_end|>",
+            tools="calls",
+            call_open="<tool_call>",
+            trims=True,
+        ),
         Family(
             "mistral_tools",
             "mistral7b_v01",
@@ -102,6 +112,7 @@ FAMILIES = {
             call_open="[TOOL_CALLS]",
             call_content=False,
             added_tokens=MISTRAL_CONTROL,
+            trims=True,
         ),
     ]
 }
@@ -159,7 +170,7 @@ DETECTED = {
         ["<|im_end|>"],
         [
             (
-                ["<tool_response>\n", "<tool_response>\n\n"],
+                ["<tool_response>\n", "<tool_response>\n\n", "<tool_response>\n\n\n"],
                 ["</tool_response>", "</tool_response>\n"],
             )
         ],
@@ -180,10 +191,10 @@ DETECTED = {
     ),
     "smollm2": (
         {
-            "system": ["<|im_start|>system\n"],
-            "user": ["<|im_start|>user\n"],
-            "assistant": ["<|im_start|>assistant\n"],
-            "tool": ["<|im_start|>tool\n"],
+            "system": ["<|im_start|>system\n", "<|im_start|>system"],
+            "user": ["<|im_start|>user\n", "<|im_start|>user"],
+            "assistant": ["<|im_start|>assistant\n", "<|im_start|>assistant"],
+            "tool": ["<|im_start|>tool\n", "<|im_start|>tool"],
         },
         ["<|im_end|>"],
         [],
@@ -254,7 +265,7 @@ DETECTED = {
         ["<|im_end|>"],
         [
             (
-                ["<tool_response>\n", "<tool_response>\n\n"],
+                ["<tool_response>\n", "<tool_response>\n\n", "<tool_response>\n\n\n"],
                 ["</tool_response>", "</tool_response>\n"],
             )
         ],

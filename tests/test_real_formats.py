@@ -29,7 +29,7 @@ WORDS = (
 FUNCTIONS = ("get_weather", "search_flights", "convert")
 
 
-def _text(rng: random.Random) -> str:
+def _text(rng: random.Random, family) -> str:
     words = [rng.choice(WORDS) for _ in range(rng.randint(2, 14))]
     for i in range(1, len(words)):
         if rng.random() < 0.08:
@@ -37,6 +37,8 @@ def _text(rng: random.Random) -> str:
     text = " ".join(words)
     if rng.random() < 0.5:
         text += rng.choice(".?!:)")
+    if not family.trims and rng.random() < 0.1:  # whitespace at the edges
+        text = rng.choice(["\n", " ", "\n\n"]) + text + rng.choice(["", "\n", " "])
     return text
 
 
@@ -52,15 +54,15 @@ def _conversation(rng: random.Random, family) -> tuple[list[dict], bool]:
     """Random messages the family's template accepts, and whether they need the tool list."""
     messages: list[dict] = []
     if family.system and rng.random() < 0.5:
-        messages.append({"role": "system", "content": _text(rng)})
+        messages.append({"role": "system", "content": _text(rng, family)})
     calls = 0
     for _ in range(rng.randint(1, 4)):
-        messages.append({"role": "user", "content": _text(rng)})
+        messages.append({"role": "user", "content": _text(rng, family)})
         if not family.alternating and rng.random() < 0.15:
-            messages.append({"role": "user", "content": _text(rng)})
+            messages.append({"role": "user", "content": _text(rng, family)})
         if family.tools == "calls" and rng.random() < 0.5:
             n = rng.randint(1, family.max_calls)
-            content = _text(rng) if rng.random() < 0.5 else ""
+            content = _text(rng, family) if rng.random() < 0.5 else ""
             message = {
                 "role": "assistant",
                 "content": content,
@@ -69,15 +71,20 @@ def _conversation(rng: random.Random, family) -> tuple[list[dict], bool]:
             messages.append(message)
             for i in range(n):
                 messages.append(
-                    {"role": "tool", "tool_call_id": f"call{calls + i:05d}", "content": _text(rng)}
+                    {
+                        "role": "tool",
+                        "tool_call_id": f"call{calls + i:05d}",
+                        "content": _text(rng, family),
+                    }
                 )
             calls += n
-        messages.append({"role": "assistant", "content": _text(rng)})
+        messages.append({"role": "assistant", "content": _text(rng, family)})
         if family.tools == "results" and rng.random() < 0.3:
-            messages.append({"role": "tool", "content": _text(rng)})
-            messages.append({"role": "assistant", "content": _text(rng)})
+            for _ in range(rng.randint(1, 2)):
+                messages.append({"role": "tool", "content": _text(rng, family)})
+            messages.append({"role": "assistant", "content": _text(rng, family)})
         if not family.alternating and rng.random() < 0.2:
-            messages.append({"role": "assistant", "content": _text(rng)})
+            messages.append({"role": "assistant", "content": _text(rng, family)})
     return messages, calls > 0
 
 
@@ -87,7 +94,7 @@ def _bodies(text: str, messages: list[dict], family) -> list[tuple[int, int]]:
     where expected, so that a template that drops or moves one fails here."""
     bodies, at = [], 0
     for message in messages:
-        content = message["content"].strip()
+        content = message["content"]
         found = text.find(content, at) if content else -1
         if message["role"] == "assistant":
             if found < 0 or (message.get("tool_calls") and not family.call_content):
