@@ -21,9 +21,10 @@ is tokenized with character offsets, and the markers are read as token ids *in c
   Mistral ``[TOOL_RESULTS]``), or inside another role's turn when they follow that role's
   header (Qwen puts ``<tool_response>`` in a user turn), their wrapper becoming a masked span.
   Text that a template wraps around a tool result's content (Mistral's ``{"content": ``...
-  ``, "call_id": "..."}``) is the result's, not a header's: a tool header ends before the first
-  ``{`` or ``"``, and the text after a result with no end of turn belongs to it up to the first
-  special token.
+  ``, "call_id": "..."}``, Llama 3.1's quotes) is the result's, not a marker's: a tool header
+  ends before the first ``{`` or ``"``, a tool result's end of turn starts after the quotes and
+  brackets that close it, and the text after a result with no end of turn belongs to it up to
+  the first special token.
 
 The BOS and a default system turn (SmolLM2, Qwen) in front of the first message are not part
 of its header. A system message that the template folds into a user turn (Gemma, Mistral)
@@ -344,6 +345,12 @@ def _render(tokenizer, template, shape, name, messages, tools, gen) -> _Renderin
     )
 
 
+def _closes_json(r: _Rendering, i: int) -> bool:
+    """Whether token i is only quotes and closing brackets (the end of a JSON payload)."""
+    piece = r.piece(i).strip()
+    return bool(piece) and not piece.strip('"}]')
+
+
 def _common_prefix(seqs: list[Ids]) -> Ids:
     out: list[int] = []
     for column in zip(*seqs):
@@ -433,8 +440,11 @@ class _Detector:
                         and a.kind == "content"
                         and not r.messages[a.message].get("tool_calls")
                     ):
-                        seqs.append(tuple(r.ids[a.stop : r.after(k)]))
-                        first = first or (r, a.stop)
+                        start = a.stop
+                        while role == "tool" and start < r.after(k) and _closes_json(r, start):
+                            start += 1  # the quote or brace closing a result's JSON is its own
+                        seqs.append(tuple(r.ids[start : r.after(k)]))
+                        first = first or (r, start)
             if not seqs:
                 continue
             prefix = _common_prefix(seqs)

@@ -54,6 +54,7 @@ class Family:
     call_content: bool = True  # the template renders an assistant's content beside its calls
     max_calls: int = 2
     drops_system: bool = False
+    quotes_tool_results: bool = False  # tool results rendered as JSON strings
     trims: bool = False  # the template strips whitespace around contents
     reply_prefix: str = ""  # text the template puts before an assistant's content, as a reply's
     added_tokens: tuple[str, ...] = ()
@@ -90,6 +91,7 @@ FAMILIES = {
             call_content=False,
             max_calls=1,
             trims=True,
+            quotes_tool_results=True,
         ),
         Family(  # strips newlines in front of the last reply
             "qwen3",
@@ -245,7 +247,7 @@ DETECTED = {
             "system": ["<|start_header_id|>system<|end_header_id|>\n\n"],
             "user": ["<|start_header_id|>user<|end_header_id|>\n\n"],
             "assistant": ["<|start_header_id|>assistant<|end_header_id|>\n\n"],
-            "tool": ["<|start_header_id|>ipython<|end_header_id|>\n\n"],
+            "tool": ["<|start_header_id|>ipython<|end_header_id|>"],
         },
         ["<|eot_id|>"],
         [],

@@ -13,6 +13,7 @@ everything else (headers, system, user and tool contents, text between turns, pa
 masked.
 """
 
+import json
 import random
 
 import pytest
@@ -107,6 +108,8 @@ def _bodies(text: str, messages: list[dict], family) -> list[tuple[int, int]]:
             at = end
         elif found >= 0:
             at = found + len(content)
+        elif message["role"] == "tool" and family.quotes_tool_results:
+            at = text.index(json.dumps(content, ensure_ascii=False), at)
         else:
             assert message["role"] == "system" and family.drops_system, (message, text)
     return bodies
