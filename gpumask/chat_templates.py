@@ -33,20 +33,19 @@ are skipped; the rest must be enough, or :class:`MaskSpecError` names what was n
 result is checked on every probe (assistant content trained, everything else's content
 masked) before it is returned.
 
-Example (Qwen2.5's own template)::
+Example (the Qwen2.5 tokenizer and its own template)::
 
-    >>> tok = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
-    >>> print(MaskSpec.from_tokenizer(tok))
-    MaskSpec(
-      role 'system': '<|im_start|>system\\n'=[151644, 8948, 198]
-      role 'user': '<|im_start|>user\\n'=[151644, 872, 198]
-      role 'assistant': '<|im_start|>assistant\\n'=[151644, 77091, 198]
-      end_of_turn: '<|im_end|>'=[151645]
-      masked span: '<tool_response>'=[151665] ... '</tool_response>'=[151666]
-      train_roles=('assistant',), train_on_end_of_turn=True, last_turn_only=False, initial_role=None
-    )
-    >>> detect_chat_format(tok).tool_results
-    "inside role 'user'"
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
+    >>> spec = MaskSpec.from_tokenizer(tok)
+    >>> spec.roles["assistant"]  # '<|im_start|>assistant\\n', and without the '\\n' it can merge
+    ((151644, 77091, 198), (151644, 77091))
+    >>> spec.end_of_turn  # '<|im_end|>'
+    ((151645,),)
+    >>> fmt = detect_chat_format(tok)
+    >>> fmt.tool_results, tok.decode(fmt.masked_spans[0][0][0])
+    ("inside role 'user'", '<tool_response>\\n')
+    >>> fmt.tool_call  # '<tool_call>' ... '</tool_call>', trained unless train_tool_calls=False
+    (((151657,),), ((151658,),))
 """
 
 from __future__ import annotations
@@ -167,9 +166,9 @@ def spec_from_tokenizer(
 
     Example::
 
-        >>> spec = spec_from_tokenizer(tok, last_turn_only=True)
-        >>> spec.roles["assistant"]
-        ((151644, 77091, 198),)
+        >>> spec = spec_from_tokenizer(tok, last_turn_only=True)  # Qwen2.5
+        >>> spec.roles["assistant"], spec.last_turn_only
+        (((151644, 77091, 198), (151644, 77091)), True)
     """
     chat_format = detect_chat_format(tokenizer, chat_template=chat_template)
     spec = chat_format.spec(tokenizer, train_tool_calls=train_tool_calls)
