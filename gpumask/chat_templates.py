@@ -414,8 +414,10 @@ class _Detector:
     def _leads_into_reply(self, plain: str, with_prompt: str) -> bool:
         """Whether the generation prompt adds nothing after this ending: the text after the
         last message then leads into the assistant's reply (Mistral's `[/INST]`)."""
-        a, b = self.renderings.get(plain), self.renderings.get(with_prompt)
-        return bool(a and b) and all(x.text == y.text for x, y in zip(a, b))
+        a = {r.shape: r.text for r in self.renderings.get(plain, ())}
+        b = {r.shape: r.text for r in self.renderings.get(with_prompt, ())}
+        shapes = a.keys() & b.keys()
+        return bool(shapes) and all(a[shape] == b[shape] for shape in shapes)
 
     def end_of_turn(self, role: str, known: dict[str, list[Ids]]) -> tuple[Ids, ...]:
         """The end-of-turn alternatives of `role`: per probe shape, the common prefix of the

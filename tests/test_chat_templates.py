@@ -53,7 +53,6 @@ class Family:
     call_open: str = ""
     call_content: bool = True  # the template renders an assistant's content beside its calls
     max_calls: int = 2
-    drops_system: bool = False
     quotes_tool_results: bool = False  # tool results rendered as JSON strings
     trims: bool = False  # the template strips whitespace around contents
     reply_prefix: str = ""  # text the template puts before an assistant's content, as a reply's

@@ -3,14 +3,14 @@
 Each conversation is rendered with the family's chat template, tokenized with character
 offsets, and masked with the spec that `MaskSpec.from_tokenizer` detected. The expected labels
 come from the rendered text alone, not from the spec: an assistant message's *body* runs from
-its content (or, for a tool call without content, from the call's opening text; Mistral
-v0.3's space in front of every reply included) through the
-end of the end-of-turn text that follows it. A token trains iff its characters overlap a
-body. So a token that straddles a content boundary is judged by overlap: one that merges a
-header's last character with the content's first, or the content's last character with the
-end of turn (``.<`` in Gemma's ``text.<end_of_turn>`` on a byte-level vocabulary), trains;
-everything else (headers, system, user and tool contents, text between turns, padding) is
-masked.
+its content (for a tool call without content, from the call's opening text; with Mistral
+v0.3's space in front of every reply) through the end of the end-of-turn text after it.
+
+A token trains iff its characters overlap a body, so a token that straddles a content
+boundary trains: one that merges a header's last character with the content's first (``]{``
+after Mistral's ``[/INST]``), or the content's last character with the end of turn (``.<`` in
+Gemma's ``text.<end_of_turn>`` on a byte-level vocabulary). Everything else (headers, system,
+user and tool contents, text between turns, padding) is masked.
 """
 
 import json
@@ -92,7 +92,7 @@ def _conversation(rng: random.Random, family) -> tuple[list[dict], bool]:
 def _bodies(text: str, messages: list[dict], family) -> list[tuple[int, int]]:
     """Character spans that train: each assistant message from its content (or its call)
     through the end of the end-of-turn text after it. Every other content must be found
-    where expected, so that a template that drops or moves one fails here."""
+    after the previous one, so that a template that drops or moves one fails here."""
     bodies, at = [], 0
     for message in messages:
         content = message["content"]
@@ -111,7 +111,7 @@ def _bodies(text: str, messages: list[dict], family) -> list[tuple[int, int]]:
         elif message["role"] == "tool" and family.quotes_tool_results:
             at = text.index(json.dumps(content, ensure_ascii=False), at)
         else:
-            assert message["role"] == "system" and family.drops_system, (message, text)
+            raise AssertionError(f"{family.name}: {message} is not in {text!r}")
     return bodies
 
 
