@@ -374,9 +374,11 @@ class _Detector:
                 "tokenizer has no chat_template to read the chat format from; set "
                 "tokenizer.chat_template, pass chat_template=..., or write the MaskSpec by hand"
             )
-        if not isinstance(source, str):
+        if isinstance(source, dict):  # named templates: apply_chat_template picks one per probe
+            source = "\n".join(str(t) for t in source.values())
+        elif not isinstance(source, str):
             raise MaskSpecError(
-                f"chat_template: expected one Jinja template string, got {type(source).__name__}"
+                f"chat_template: expected a Jinja template string, got {type(source).__name__}"
             )
         self.tokenizer = tokenizer
         self.emits_bos = "bos_token" in source

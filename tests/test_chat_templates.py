@@ -504,6 +504,13 @@ def test_chat_template_argument_is_read_instead_of_the_tokenizers():
     )
 
 
+def test_named_templates_are_read_as_apply_chat_template_picks_them():
+    plain = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "mistral7b_v01"))
+    with open(os.path.join(TEMPLATES, "zephyr.jinja"), encoding="utf-8") as f:
+        plain.chat_template = {"default": f.read()}
+    assert MaskSpec.from_tokenizer(plain) == MaskSpec.from_tokenizer(load_family("zephyr"))
+
+
 def _mistral_with(template: str | None):
     tok = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "mistral7b_v01"))
     tok.chat_template = template
