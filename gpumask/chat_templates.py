@@ -563,8 +563,9 @@ class _Detector:
                         _add(found.setdefault(a.role, []), alt)
         return found
 
-    def tool_call(self, eots, known) -> tuple[tuple[Ids, ...], tuple[Ids, ...]] | None:
-        """(opens, closes) of the text around a tool call's JSON, or None when there is none."""
+    def tool_call(self, eots, known, result_open: str | None):
+        """(opens, closes) of the text around a tool call's JSON, or None when there is none.
+        `result_open` is the text that opens a tool result right after a call, if one can."""
         opens: list[Ids] = []
         closes: list[Ids] = []
         for r in self.all(primary=False):
@@ -582,6 +583,8 @@ class _Detector:
                 hi = r.offsets[min(ends)][0] if ends else r.anchors[k + 1].start
                 open_text = r.text[lo : a.start].strip().rstrip("[").strip()
                 close_text = r.text[a.end : hi].strip().lstrip("]").strip()
+                if result_open and close_text.endswith(result_open):
+                    close_text = close_text[: -len(result_open)].strip()
                 if open_text:
                     at = r.text.rfind(open_text, lo, a.start)
                     _add(opens, r.cover(at, at + len(open_text)))
@@ -590,19 +593,24 @@ class _Detector:
                     _add(closes, r.cover(at, at + len(close_text)))
         return (tuple(opens), tuple(closes)) if opens else None
 
-    def tool_results(self, eots, known) -> tuple[str | None, tuple | None]:
-        """(the role whose turn holds tool results, None for a role of their own; the
-        (opens, closes) wrapping a result inside that turn)."""
-        inside = open_text = close_text = None
+    def tool_results(self, eots, known) -> tuple[str | None, str, str]:
+        """(the role whose turn holds tool results, None for a role of their own; the texts
+        that open and close a result inside that turn, "" when there are none)."""
         for r in self.renderings.get("tool call with content", ()):
             k = next((k for k, a in enumerate(r.anchors) if a.role == "tool"), 0)
             if not k:
                 continue
             prev, a = r.anchors[k - 1], r.anchors[k]
-            lo = prev.stop
-            ends = [(at, len(e)) for e in eots["assistant"] if (at := r.find(e, lo, a.first)) >= 0]
-            if ends:
-                lo = sum(min(ends))
+            nxt = r.anchors[k + 1].start if k + 1 < len(r.anchors) else len(r.text)
+            ends = [
+                (at, len(e))
+                for e in eots["assistant"]
+                if (at := r.find(e, prev.stop, a.first)) >= 0
+            ]
+            if not ends:  # the call's turn goes on: the result is inside it, up to the reply
+                close = r.text[a.end : nxt].strip()
+                return "assistant", self._result_open(close), close
+            lo = sum(min(ends))
             while lo < a.first and r.ws(lo):
                 lo += 1
             holders = [
@@ -612,15 +620,30 @@ class _Detector:
                 if r.find(alt, lo, lo + len(alt)) == lo
             ]
             if not holders:
-                return None, None
+                return None, "", ""
             n, inside = max(holders)
-            open_text = r.text[r.offsets[lo + n - 1][1] : a.start].strip()
             ends = [at for e in eots.get(inside, ()) if (at := r.find(e, a.stop, r.after(k))) >= 0]
-            hi = r.offsets[min(ends)][0] if ends else r.anchors[k + 1].start
-            close_text = r.text[a.end : hi].strip()
-            break
-        if not (inside and open_text and close_text):
-            return inside, None
+            hi = r.offsets[min(ends)][0] if ends else nxt
+            return (
+                inside,
+                r.text[r.offsets[lo + n - 1][1] : a.start].strip(),
+                r.text[a.end : hi].strip(),
+            )
+        return None, "", ""
+
+    def _result_open(self, close: str) -> str:
+        """The text that opens a tool result: what follows `close` between two results."""
+        for r in self.renderings.get("tool call without content", ()):
+            for before, a in zip(r.anchors, r.anchors[1:]):
+                gap = r.text[before.end : a.start].strip()
+                if before.role == a.role == "tool" and close and gap.startswith(close):
+                    return gap[len(close) :].strip()
+        return ""
+
+    def wrapper_span(self, open_text: str, close_text: str) -> tuple | None:
+        """(opens, closes) of the text around every tool result, as tokens in context."""
+        if not (open_text and close_text):
+            return None
         opens: list[Ids] = []
         closes: list[Ids] = []
         for r in self.all(primary=False):
@@ -632,7 +655,7 @@ class _Detector:
                         _add(opens, r.cover(at, at + len(open_text)))
                     if (at := r.text.find(close_text, a.end, hi)) >= 0:
                         _add(closes, r.cover(at, at + len(close_text)))
-        return inside, (tuple(opens), tuple(closes))
+        return tuple(opens), tuple(closes)
 
 
 def _drop_folded(headers: dict[str, list[Ids]], decode) -> dict[str, tuple[Ids, ...]]:
@@ -721,8 +744,9 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
             )
 
     tools = d.all(primary=False)
-    tool_call = d.tool_call(eots, known)
-    inside, result_span = d.tool_results(eots, known)
+    inside, result_open, result_close = d.tool_results(eots, known)
+    result_span = d.wrapper_span(result_open, result_close) if inside else None
+    tool_call = d.tool_call(eots, known, result_open if inside == "assistant" else None)
     eots["tool"] = eots[inside] if inside else d.end_of_turn("tool", known)
     headers = {role: list(alts) for role, alts in known.items()}
     for role, alts in d.headers(eots, known, inside, tools).items():
@@ -755,8 +779,9 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
 
 
 def _self_check(d: _Detector, chat_format: ChatFormat) -> None:
-    """Mask every probe with the detected format: assistant contents and tool calls must
-    train, every other role's content must not."""
+    """Mask every probe with the detected format: the tokens of assistant contents and tool
+    calls must train, every other role's content must not (a token that a content shares with
+    a marker can go either way, by the marker: it is not checked)."""
     import torch
 
     from gpumask.masking import mask_labels
@@ -767,7 +792,8 @@ def _self_check(d: _Detector, chat_format: ChatFormat) -> None:
         for a in r.anchors:
             want = a.role == "assistant"
             for t in range(a.first, a.stop):
-                if (labels[t] != -100) != want:
+                inside = a.start <= r.offsets[t][0] and r.offsets[t][1] <= a.end
+                if inside and (labels[t] != -100) != want:
                     raise MaskSpecError(
                         f"the detected format does not reproduce the probe {r.name!r}: token "
                         f"{t} ({r.piece(t)!r}) of the {a.role}'s {a.kind} would "

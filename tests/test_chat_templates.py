@@ -54,6 +54,7 @@ class Family:
     call_content: bool = True  # the template renders an assistant's content beside its calls
     max_calls: int = 2
     quotes_tool_results: bool = False  # tool results rendered as JSON strings
+    inline_results: tuple[str, str] | None = None  # results inside the reply, wrapped in these
     trims: bool = False  # the template strips whitespace around contents
     reply_prefix: str = ""  # text the template puts before an assistant's content, as a reply's
     added_tokens: tuple[str, ...] = ()
@@ -114,6 +115,15 @@ FAMILIES = {
             call_content=False,
             added_tokens=MISTRAL_CONTROL,
             trims=True,
+        ),
+        Family(
+            "chatml_inline_tools",
+            "qwen2_5",
+            "chatml_inline_tools",
+            "<|im_end|>",
+            tools="calls",
+            call_open="<tool_call>",
+            inline_results=("<tool_response>", "</tool_response>"),
         ),
     ]
 }
@@ -271,6 +281,27 @@ DETECTED = {
             )
         ],
         "inside role 'user'",
+        (["<tool_call>"], ["</tool_call>"]),
+    ),
+    "chatml_inline_tools": (
+        {
+            "system": ["<|im_start|>system\n", "<|im_start|>system"],
+            "user": ["<|im_start|>user\n", "<|im_start|>user"],
+            "assistant": ["<|im_start|>assistant\n", "<|im_start|>assistant"],
+        },
+        ["<|im_end|>"],
+        [
+            (
+                ["<tool_response>\n", "<tool_response>\n\n", "<tool_response>\n\n\n"],
+                [
+                    "</tool_response>\n",
+                    "</tool_response>\n\n",
+                    "</tool_response>\n\n\n",
+                    "</tool_response>",
+                ],
+            )
+        ],
+        "inside role 'assistant'",
         (["<tool_call>"], ["</tool_call>"]),
     ),
     "mistral_tools": (
@@ -450,6 +481,11 @@ def test_tool_calls_train_and_tool_results_are_masked():
             '"id": "abc123xyz"}]</s>',
             " It is 27 C.</s>",
         ],
+        "chatml_inline_tools": [  # one turn: the result inside it is a masked span
+            'Checking.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Nice"}}\n'
+            "</tool_call>\n",
+            "It is 27 C.<|im_end|>",
+        ],
     }
     for name, runs in expected.items():
         tok = load_family(name)
@@ -585,6 +621,8 @@ SOURCES = {
     "phi3": "Phi-3 template on the Mistral-7B v0.1 tokenizer with Phi-3's added tokens",
     "llama3_tools": "Llama 3.1-style template with tools (`ipython` role) on the Llama 3 tokenizer",
     "qwen3": "Qwen3-style template (`<think>` in the last reply) on the Qwen2.5 tokenizer",
+    "chatml_inline_tools": "ChatML-style template in which a call, its results and the reply "
+    "after them are one assistant turn, on the Qwen2.5 tokenizer",
     "mistral_tools": "Mistral v0.3-style template with tools on the Mistral-7B v0.1 tokenizer "
     "with v0.3's control tokens",
 }

@@ -10,7 +10,8 @@ A token trains iff its characters overlap a body, so a token that straddles a co
 boundary trains: one that merges a header's last character with the content's first (``]{``
 after Mistral's ``[/INST]``), or the content's last character with the end of turn (``.<`` in
 Gemma's ``text.<end_of_turn>`` on a byte-level vocabulary). Everything else (headers, system,
-user and tool contents, text between turns, padding) is masked.
+user and tool contents, text between turns, padding) is masked; a tool result inside a reply
+is masked with its wrapper, and so is a token that it shares with the reply.
 """
 
 import json
@@ -89,11 +90,12 @@ def _conversation(rng: random.Random, family) -> tuple[list[dict], bool]:
     return messages, calls > 0
 
 
-def _bodies(text: str, messages: list[dict], family) -> list[tuple[int, int]]:
-    """Character spans that train: each assistant message from its content (or its call)
-    through the end of the end-of-turn text after it. Every other content must be found
-    after the previous one, so that a template that drops or moves one fails here."""
-    bodies, at = [], 0
+def _bodies(text: str, messages: list[dict], family) -> tuple[list, list]:
+    """Character spans that train (each assistant message from its content or its call
+    through the end of the end-of-turn text after it), and holes in them (tool results
+    inside a reply, with their wrapper). Every other content must be found after the
+    previous one, so that a template that drops or moves one fails here."""
+    bodies, holes, at = [], [], 0
     for message in messages:
         content = message["content"]
         found = text.find(content, at) if content else -1
@@ -105,20 +107,25 @@ def _bodies(text: str, messages: list[dict], family) -> list[tuple[int, int]]:
             assert found >= 0, (family.name, message, text)
             end = text.index(family.eot, found) + len(family.eot)
             bodies.append((found, end))
-            at = end
+            at = found + (len(content) if text.startswith(content, found) else 0)
         elif found >= 0:
+            if message["role"] == "tool" and family.inline_results:
+                opens, closes = family.inline_results
+                end = text.index(closes, found + len(content)) + len(closes)
+                holes.append((text.rindex(opens, at, found), end))
             at = found + len(content)
         elif message["role"] == "tool" and family.quotes_tool_results:
             at = text.index(json.dumps(content, ensure_ascii=False), at)
         else:
             raise AssertionError(f"{family.name}: {message} is not in {text!r}")
-    return bodies
+    return bodies, holes
 
 
-def _expected(offsets: list[tuple[int, int]], bodies: list[tuple[int, int]]) -> list[bool]:
-    return [
-        any(s < hi and (e > lo or (s == e and s >= lo)) for lo, hi in bodies) for s, e in offsets
-    ]
+def _expected(offsets: list[tuple[int, int]], bodies: list, holes: list) -> list[bool]:
+    def overlaps(s, e, spans):
+        return any(s < hi and (e > lo or (s == e and s >= lo)) for lo, hi in spans)
+
+    return [overlaps(s, e, bodies) and not overlaps(s, e, holes) for s, e in offsets]
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -140,12 +147,12 @@ def test_random_conversations_train_exactly_the_assistant_bodies(name):
     input_ids = torch.zeros(len(texts), length, dtype=torch.int64)
     attention_mask = torch.zeros(len(texts), length, dtype=torch.int64)
     expected = torch.full((len(texts), length), -100, dtype=torch.int64)
-    for row, (ids, offsets, bodies) in enumerate(
+    for row, (ids, offsets, (bodies, holes)) in enumerate(
         zip(encoded["input_ids"], encoded["offset_mapping"], all_bodies)
     ):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1
-        trained = torch.tensor(_expected(offsets, bodies), dtype=torch.bool)
+        trained = torch.tensor(_expected(offsets, bodies, holes), dtype=torch.bool)
         expected[row, : len(ids)] = torch.where(trained, torch.tensor(ids), -100)
     labels = mask_labels(input_ids, spec, attention_mask=attention_mask)
     wrong = (labels != expected).nonzero().tolist()
