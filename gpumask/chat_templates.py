@@ -19,7 +19,9 @@ is tokenized with character offsets, and the markers are read as token ids *in c
   them as a span (the wrapper needs an open and a close);
 - **tool results**: a role of their own when their header is new (Llama 3 ``ipython``,
   Mistral ``[TOOL_RESULTS]``), or inside another role's turn when they follow that role's
-  header (Qwen puts ``<tool_response>`` in a user turn), their wrapper becoming a masked span.
+  header (Qwen puts ``<tool_response>`` in a user turn), or inside the assistant's turn when no
+  end of turn comes between the call and the result; inside a turn, their wrapper becomes a
+  masked span.
   Text that a template wraps around a tool result's content (Mistral's ``{"content": ``...
   ``, "call_id": "..."}``, Llama 3.1's quotes) is the result's, not a marker's: a tool header
   ends before the first ``{`` or ``"``, a tool result's end of turn starts after the quotes and
