@@ -86,7 +86,7 @@ _FUNCTION = "vexq_lookup"
 _ARGUMENT = "vexq_city"
 _VALUE = "Vexqcity"
 _CALL_ID = "call00001"
-TOOLS = [
+_PROBE_TOOLS = [
     {
         "type": "function",
         "function": {
@@ -299,7 +299,7 @@ def _render(tokenizer, template, shape, name, messages, tools, gen) -> _Renderin
     try:
         text = tokenizer.apply_chat_template(
             messages,
-            tools=TOOLS if tools else None,
+            tools=_PROBE_TOOLS if tools else None,
             chat_template=template,
             tokenize=False,
             add_generation_prompt=gen,
