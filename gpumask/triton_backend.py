@@ -19,7 +19,8 @@ fill an H100); a row that fits in one block runs as one chunk with no halo and o
 State that does cross chunks is three "last event" quantities and one count:
 - role: the code of the last role event (sequence start, header, end of turn's end);
 - span: the state map of the masked-span automaton (states 0 = none, k + 1 = span k open),
-  packed as 4-bit entries in an int64 and composed (at most 15 span kinds);
+  packed as 4-bit entries (int32 up to 7 span kinds, int64 up to 15) and composed; with one
+  span kind every map is the identity or a constant, so it is a "last event" too;
 - turn: the number of trained-role turn starts (a prefix sum), and for `last_turn_only` the
   turn count at the end of the packed sequence open at the chunk's end.
 So a row with several chunks takes three launches:
@@ -31,9 +32,10 @@ So a row with several chunks takes three launches:
 3. `_label_kernel` (grid NC x B): recomputes its chunk with the carried state, writes labels
    and, with stats, adds per-row counts with atomics.
 Inside a window everything is a scan over BLOCK lanes (`tl.associative_scan`, `tl.cumsum`)
-plus a one-lane shift (`tl.gather`); no `[B, T, M]` tensor exists. Matching is a
-[BLOCK, M] tile: for k < K, token p + k is compared with column k of the marker table, so the
-lowest matching marker (markers are sorted longest first) is the longest match.
+plus a one-lane shift (`tl.gather`); no `[B, T, M]` tensor exists. Matching keeps the K
+shifted id vectors (int32, -1 where a token is padding, past a sequence start or out of
+int32) and compares them with each marker's ids, shortest marker first, so the last hit is
+the longest match.
 
 Random drops. `uniforms` are the float32 draws the front-end takes with `torch.rand`; the
 kernel compares them with the probability rounded to float32, exactly as torch compares a
@@ -48,14 +50,20 @@ traffic as a device copy of the ids (2w). Several chunks: pass 1 reads w (+ mask
 issue 6 fit in an H100's 50 MB L2). Halo and look-ahead loads (about 3K / BLOCK of a window)
 and per-chunk summaries (64 bytes per chunk) come from cache or are negligible.
 
-Expected speed (not measured: written without a GPU). Memory alone allows 67-100% of a device
-copy. The arithmetic is about 3 K M_pad integer ops per token for matching plus six scans of
-BLOCK lanes, done twice with several chunks (passes 1 and 3): for a ChatML spec with tools
-(K = 3, M <= 8) roughly 150-300 int ops per token, on the order of the copy's own time at
-H100 rates, so 50% of copy bandwidth is plausible and 80% needs tuning (BLOCK, num_warps,
-caching pass 1's occurrences instead of recomputing them). Issue 6 measures it.
+Expected speed (not measured: written without a GPU). Memory allows 67-100% of a device copy;
+the instruction count is the likelier limit. Compiled for sm_90a without a GPU (Triton 3.9,
+`triton.compile` to SASS), a ChatML-with-tools spec (7 markers of at most 3 tokens, one span
+kind, int64 ids) takes about 9-12 warp instructions per token in the label pass and 8-10 in
+the summary pass (BLOCK 512-2048, 64-95 registers, no spills). At the H100's issue rate
+(132 SMs x 4 schedulers x ~1.75 GHz, ~0.9e12 warp instructions/s) that is 10-13 us per million
+tokens for one-chunk rows and ~20 us with chunks, against ~5.5 us for copying a million int64
+ids: roughly 40-50% of copy bandwidth for one-chunk rows and ~25% for long rows, if issue
+bound. Levers, for issue 6 to measure: a decoupled look-back (one pass instead of summary +
+labels, except `last_turn_only`, which needs the sequence's end); a summary pass keyed by
+event position (reductions, no coverage scan); vectorised layouts (Triton picks one lane per
+thread here, so each scan runs BLOCK / (32 x warps) warp-level scans); BLOCK and num_warps.
 
-Example::
+Example (on CPU, under TRITON_INTERPRET=1)::
 
     >>> import torch
     >>> from gpumask import MaskSpec
@@ -67,6 +75,8 @@ Example::
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -88,6 +98,7 @@ SINGLE_CHUNK_MAX = 2048  # rows up to this length run as one chunk, one kernel
 MIN_BLOCK, MAX_BLOCK = 256, 2048
 PROGRAMS_PER_SM = 4
 MAX_CHUNKS = 8192  # chunks per row, scanned by one program of the carry pass
+MAX_WINDOW = 1 << 15  # lanes are packed in 16 bits
 
 
 # --- small combinators -----------------------------------------------------------------------
@@ -144,14 +155,36 @@ def _scan_maps(maps, N: tl.constexpr):
     return out
 
 
+@triton.jit
+def _total_map(maps, N: tl.constexpr):
+    """The composition of all maps of a block (a reduction for two states)."""
+    lane = tl.arange(0, maps.shape[0])
+    if N == 2:
+        last = tl.max(tl.where(maps != 0x10, (lane << 8) | maps, -1))
+        out = tl.where(last >= 0, last & 255, 0x10)
+    else:
+        out = tl.sum(tl.where(lane == maps.shape[0] - 1, _scan_maps(maps, N), 0))
+    return out
+
+
 # --- the work of one window ------------------------------------------------------------------
+
+
+@triton.jit
+def _marker_ids(x, ok):
+    """Ids as int32 where `ok`, -1 elsewhere and for ids no marker can have (negative, or
+    past int32: marker ids are non-negative int32)."""
+    x32 = x.to(tl.int32)
+    if x.dtype == tl.int64:
+        ok = ok & (x32.to(tl.int64) == x)
+    return tl.where(ok, x32, -1)
 
 
 @triton.jit
 def _window(
     ids_ptr, real_ptr, start_ptr, row, w, T, halo,
     mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
-    M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
+    M: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
     NSTATES: tl.constexpr, BLOCK: tl.constexpr,
     HAS_REAL: tl.constexpr, HAS_START: tl.constexpr,
 ):  # fmt: skip
@@ -172,16 +205,8 @@ def _window(
     if HAS_START:
         start = start | (tl.load(start_ptr + row + pos, mask=inside, other=0) != 0)
 
-    # Matching: hit[lane, m] when marker m matches at the lane (validity folded into the ids).
-    m = tl.arange(0, MP)
-    has_m = m < M
-    length = tl.load(mk_len_ptr + m, mask=has_m, other=K + 1).to(tl.int32)
-    kind = tl.load(mk_kind_ptr + m, mask=has_m, other=0).to(tl.int32)
-    arg = tl.load(mk_arg_ptr + m, mask=has_m, other=0).to(tl.int32)
-    priority = ((MP - m) << 16) | (arg << 10) | (kind << 8) | length
-    token = tl.where(real & (x >= 0) & (x <= 0x7FFFFFFF), x, -1).to(tl.int32)
-    want = tl.load(mk_ids_ptr + m * K, mask=has_m, other=-2).to(tl.int32)
-    hit = token[:, None] == want[None, :]
+    # Matching: the ids at pos + k (k < K) as int32, -1 where no marker may use them.
+    tokens = (_marker_ids(x, real),)
     for k in tl.static_range(1, K):
         q = pos + k
         ok = (q >= 0) & (q < T)
@@ -190,11 +215,18 @@ def _window(
             ok = ok & (tl.load(real_ptr + row + q, mask=ok, other=0) != 0)
         if HAS_START:  # a marker may not run into the next sequence (checked at every k < len)
             ok = ok & (tl.load(start_ptr + row + q, mask=ok, other=0) == 0)
-        ok = ok & (xk >= 0) & (xk <= 0x7FFFFFFF)
-        tk = tl.where(ok, xk, -1).to(tl.int32)
-        want = tl.load(mk_ids_ptr + m * K + k, mask=has_m, other=-2).to(tl.int32)
-        hit = hit & ((tk[:, None] == want[None, :]) | (length <= k)[None, :])
-    info = tl.max(tl.where(hit, priority[None, :], 0), axis=1) & 0xFFFF
+        tokens = tokens + (_marker_ids(xk, ok),)
+    # Markers are sorted longest first: trying them shortest first, the last hit is the longest.
+    info = tl.zeros([BLOCK], tl.int32)
+    for m in tl.static_range(M - 1, -1, -1):
+        length = tl.load(mk_len_ptr + m).to(tl.int32)
+        hit = tokens[0] == tl.load(mk_ids_ptr + m * K).to(tl.int32)
+        for k in tl.static_range(1, K):
+            want = tl.load(mk_ids_ptr + m * K + k).to(tl.int32)
+            hit = hit & ((tokens[k] == want) | (length <= k))
+        kind = tl.load(mk_kind_ptr + m).to(tl.int32)
+        arg = tl.load(mk_arg_ptr + m).to(tl.int32)
+        info = tl.where(hit, (arg << 10) | (kind << 8) | length, info)
     size = info & 255
 
     # Overlaps: keep a start at or past the end of every earlier match.
@@ -218,13 +250,13 @@ def _window(
     close_end = ended & (end_kind == _SPAN_CLOSE)
     role_code = tl.where(header, arg, tl.where(start, initial, R))
     role_key = tl.where(start | header | eot_end, (lane << 8) | role_code, -1)
-    train_bits = tl.zeros([], tl.int64)  # bit r: role r trains (code R, no role, never does)
+    train_bits = tl.zeros([], tl.int32 if R < 32 else tl.int64)  # bit r: role r trains
     for r in tl.static_range(R):
-        train_bits |= (tl.load(train_ptr + r) != 0).to(tl.int64) << r
-    trains = ((train_bits >> arg.to(tl.int64)) & 1) != 0
+        train_bits |= (tl.load(train_ptr + r) != 0).to(train_bits.dtype) << r
+    trains = ((train_bits >> arg.to(train_bits.dtype)) & 1) != 0
     turn_start = (header & trains) | (start & (tl.load(train_ptr + initial) != 0))
 
-    maps = tl.zeros([BLOCK], tl.int64)
+    maps = tl.zeros([BLOCK], tl.int32 if NSTATES <= 8 else tl.int64)  # 4 bits per state
     if NSTATES > 0:
         reset = start | eot_end | header
         close_arg = (before >> 10) & 63
@@ -233,7 +265,7 @@ def _window(
             state = tl.where(reset, 0, state)
             state = tl.where(close_end & (state == close_arg + 1), 0, state)
             state = tl.where(opens & (state == 0), arg + 1, state)
-            maps |= state.to(tl.int64) << (4 * s)
+            maps |= state.to(maps.dtype) << (4 * s)
     return x, real, start, chunk, last, role_key, turn_start, maps, train_bits
 
 
@@ -241,7 +273,7 @@ def _window(
 def _summarize_kernel(
     ids_ptr, real_ptr, start_ptr, summary_ptr, T, halo, chunk_len, n_chunks,
     mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
-    M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
+    M: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
     NSTATES: tl.constexpr, BLOCK: tl.constexpr,
     HAS_REAL: tl.constexpr, HAS_START: tl.constexpr,
 ):  # fmt: skip
@@ -253,7 +285,7 @@ def _summarize_kernel(
     _, _, start, chunk, _, role_key, turn_start, maps, _ = _window(
         ids_ptr, real_ptr, start_ptr, row, c * chunk_len - halo, T, halo,
         mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
-        M, MP, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
+        M, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
     )  # fmt: skip
     lane = tl.arange(0, BLOCK)
     last_role = tl.max(role_key)
@@ -266,8 +298,7 @@ def _summarize_kernel(
     tl.store(out + 1, turns.to(tl.int64))
     tl.store(out + 2, tl.where(first < BLOCK, before_first, -1).to(tl.int64))
     if NSTATES > 0:
-        prefix = _scan_maps(maps, NSTATES)
-        tl.store(out + 3, tl.sum(tl.where(lane == BLOCK - 1, prefix, 0)))
+        tl.store(out + 3, _total_map(maps, NSTATES).to(tl.int64))
 
 
 @triton.jit
@@ -293,8 +324,8 @@ def _carry_kernel(
     tl.store(out, tl.zeros([], tl.int64) + initial)
 
     if NSTATES > 0:
-        maps = tl.load(src + 3, mask=valid, other=0)
-        tl.store(out + stride + j + 1, _scan_maps(maps, NSTATES) & 15, mask=valid)
+        maps = tl.load(src + 3, mask=valid, other=0).to(tl.int32 if NSTATES <= 8 else tl.int64)
+        tl.store(out + stride + j + 1, (_scan_maps(maps, NSTATES) & 15).to(tl.int64), mask=valid)
     tl.store(out + stride, tl.zeros([], tl.int64))
 
     turn = tl.cumsum(turns, 0)
@@ -315,7 +346,7 @@ def _label_kernel(
     T, halo, chunk_len, n_chunks,
     mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial, ignore_ptr,
     prob, ignore_index,
-    M: tl.constexpr, MP: tl.constexpr, K: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
+    M: tl.constexpr, K: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
     NSTATES: tl.constexpr, N_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
     HAS_REAL: tl.constexpr, HAS_START: tl.constexpr, HAS_UNIFORMS: tl.constexpr,
     CARRY: tl.constexpr, TRAIN_EOT: tl.constexpr, LAST_TURN: tl.constexpr,
@@ -329,14 +360,14 @@ def _label_kernel(
     x, real, start, chunk, last, role_key, turn_start, maps, train_bits = _window(
         ids_ptr, real_ptr, start_ptr, row, w, T, halo,
         mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
-        M, MP, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
+        M, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
     )  # fmt: skip
     lane = tl.arange(0, BLOCK)
     pos = w + lane
     if CARRY:
         carried = carry_ptr + b.to(tl.int64) * 4 * (n_chunks + 1) + c
         role_in = tl.load(carried).to(tl.int32)
-        span_in = tl.load(carried + (n_chunks + 1))
+        span_in = tl.load(carried + (n_chunks + 1)).to(tl.int32)
         turn_in = tl.load(carried + 2 * (n_chunks + 1)).to(tl.int32)
         end_turn_in = tl.load(carried + 3 * (n_chunks + 1) + 1).to(tl.int32)
     else:
@@ -347,7 +378,7 @@ def _label_kernel(
 
     role = tl.associative_scan(role_key, 0, _max)
     role = tl.where(role >= 0, role & 255, role_in)
-    trained = chunk & real & (((train_bits >> role.to(tl.int64)) & 1) != 0)
+    trained = chunk & real & (((train_bits >> role.to(train_bits.dtype)) & 1) != 0)
     covered = (last >= 0) & ((last >> 16) + (last & 255) > lane)
     cover_kind = (last >> 8) & 3
     trained = trained & ~(covered & (cover_kind == _HEADER))
@@ -357,14 +388,16 @@ def _label_kernel(
         span = (_scan_maps(maps, NSTATES) >> (4 * span_in)) & 15
         trained = trained & (span == 0)
     if LAST_TURN:
-        turn = turn_in + tl.cumsum(turn_start.to(tl.int32), 0)
+        # Turn counts relative to the chunk's start; the last position of each sequence
+        # (the first one at or after the lane) gives its final count.
+        turn = tl.cumsum(turn_start.to(tl.int32), 0)
         seq_last = pos + 1 == T
         if HAS_START:
             nxt = (pos + 1 >= 0) & (pos + 1 < T)
             seq_last = seq_last | (tl.load(start_ptr + row + pos + 1, mask=nxt, other=0) != 0)
-        key = tl.where(chunk & seq_last, ((BLOCK - lane).to(tl.int64) << 32) | turn, -1)
+        key = tl.where(chunk & seq_last, ((BLOCK - 1 - lane) << 16) | turn, -1)
         end_turn = tl.associative_scan(key, 0, _max, reverse=True)
-        end_turn = tl.where(end_turn >= 0, end_turn & 0xFFFFFFFF, end_turn_in)
+        end_turn = tl.where(end_turn >= 0, end_turn & 0xFFFF, end_turn_in - turn_in)
         trained = trained & (turn == end_turn)
     if N_IGNORE > 0:
         drop = lane < 0
@@ -390,21 +423,23 @@ def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 132  # an H100's count, so the interpreter takes the same decisions
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def _layout(batch: int, length: int, max_len: int, device: torch.device, block: int | None):
     """(BLOCK, halo, chunk length, chunks per row) for a `batch` x `length` input."""
     halo = 2 * max_len - 1
     if block is None:
         if length <= SINGLE_CHUNK_MAX:
             return max(16, _pow2(length)), 0, max(16, _pow2(length)), 1
-        sms = (
-            torch.cuda.get_device_properties(device).multi_processor_count
-            if device.type == "cuda"
-            else 132
-        )
-        block = _pow2(-(-batch * length // (PROGRAMS_PER_SM * sms)))
+        block = _pow2(-(-batch * length // (PROGRAMS_PER_SM * _multiprocessors(device))))
         block = min(max(block, MIN_BLOCK, _pow2(4 * halo)), max(MAX_BLOCK, _pow2(4 * halo)))
-    elif block < 16 or block & (block - 1):
-        raise ValueError(f"block: expected a power of two >= 16, got {block}")
+    elif block < 16 or block > MAX_WINDOW or block & (block - 1):
+        raise ValueError(f"block: expected a power of two in [16, {MAX_WINDOW}], got {block}")
     if length <= block:
         return block, 0, block, 1
     if block <= halo:
@@ -412,7 +447,7 @@ def _layout(batch: int, length: int, max_len: int, device: torch.device, block: 
             f"block: {block} positions cannot hold a chunk and its halo of {halo} positions "
             f"(2 x the longest marker - 1); use a block of at least {_pow2(halo + 1)}"
         )
-    while -(-length // (block - halo)) + 1 > MAX_CHUNKS:
+    while -(-length // (block - halo)) + 1 > MAX_CHUNKS and block < MAX_WINDOW:
         block *= 2
     return block, halo, block - halo, -(-length // (block - halo))
 
@@ -460,7 +495,7 @@ def mask_labels_triton(
     n_markers = c.ids.shape[0]
     n_states = 0 if c.n_spans == 0 else _pow2(c.n_spans + 1)
     common = dict(
-        M=n_markers, MP=max(2, _pow2(n_markers)), K=c.max_len, R=c.n_roles,
+        M=n_markers, K=c.max_len, R=c.n_roles,
         NSTATES=n_states, BLOCK=BLOCK, HAS_REAL=real is not None,
         HAS_START=seq_start is not None, num_warps=min(8, max(1, BLOCK // 256)),
     )  # fmt: skip

@@ -8,7 +8,11 @@ everywhere. Tests that need a real GPU are marked `cuda`.
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -356,6 +360,45 @@ def test_bad_block_is_rejected_with_the_reason():
     long_marker = MaskSpec(roles={"assistant": list(range(1, 10))})
     with pytest.raises(ValueError, match="block: 16 positions cannot hold a chunk"):
         run_triton(ids, long_marker, block=16)
+
+
+# --- compiled for a GPU, without one --------------------------------------------------------
+
+COMPILE_FOR_H100 = textwrap.dedent("""
+    import warnings
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from gpumask import triton_backend as tb
+
+    def compile_(fn, ids, consts, num_warps):
+        types = {"ids_ptr": ids, "labels_ptr": ids, "real_ptr": "*i1", "start_ptr": "*i1",
+                 "train_ptr": "*i1", "uniforms_ptr": "*fp32", "prob": "fp32"}
+        names = fn.arg_names
+        signature = {n: "constexpr" if n in consts else types.get(n, "*i64" if n.endswith("_ptr")
+                     else "i32") for n in names}
+        constexprs = {(names.index(n),): v for n, v in consts.items() if n in names}
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+    warnings.simplefilter("ignore")
+    for ids, nstates, block, on in (("*i64", 4, 1024, True), ("*i32", 2, 256, False)):
+        consts = dict(M=7, K=3, R=4, RP=8, NSTATES=nstates, N_IGNORE=2 * on, BLOCK=block,
+                      BLOCK_C=64, HAS_REAL=on, HAS_START=on, HAS_UNIFORMS=on, CARRY=on,
+                      TRAIN_EOT=not on, LAST_TURN=on, WITH_STATS=on)
+        for kernel in (tb._summarize_kernel, tb._carry_kernel, tb._label_kernel):
+            compile_(kernel, ids, consts, num_warps=block // 256)
+    print("compiled")
+""")
+
+
+def test_kernels_compile_for_an_h100_without_a_gpu():
+    """The interpreter accepts code that the compiler rejects (a jit function returning a
+    dtype, say): compile every kernel to an sm_90 binary, which needs no GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
 
 
 # --- on a GPU --------------------------------------------------------------------------------
