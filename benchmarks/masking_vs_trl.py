@@ -7,7 +7,7 @@ of its parent ``DataCollatorForLanguageModeling`` on the same examples (ids as l
 interleaved rounds, the median of the per-round differences. ``mask_labels`` (torch backend)
 runs on the same batch as a tensor.
 
-    python benchmarks/masking_vs_trl.py [--rounds 7]
+    python benchmarks/masking_vs_trl.py [--rounds 7] [--threads 1]
 """
 
 from __future__ import annotations
@@ -71,7 +71,9 @@ def compare(dense: bool, rounds: int, tok, size: int = 64, length: int = 8192) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))

@@ -15,6 +15,8 @@ dense template cases, ragged rows given as Python lists and as tensors):
 The collators are timed end to end (padding and masking). Each number is the median of at least
 three calls after a warm-up call (a warm-up slower than a second counts as a call). Loop-based
 collators are skipped above ``LOOP_TOKEN_LIMIT`` tokens per batch (several seconds a call).
+Torch runs on one CPU thread unless ``--threads`` says otherwise: collators run in DataLoader
+workers, which PyTorch sets to one thread, and one thread is not thrown off by a busy machine.
 
     python benchmarks/run.py            # the full grid: results/<machine>-<date>.json and .png
     python benchmarks/run.py --quick    # B=64, T=1024 and 4096: what `make demo` prints
@@ -403,12 +405,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results JSON (the PNG goes beside it)")
     parser.add_argument("--markdown", type=Path, help="also write the table as Markdown")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1, as in DataLoader workers, where collators run)",
+    )
+    parser.add_argument(
         "--plot",
         type=Path,
         metavar="JSON",
         help="redraw the PNG of an earlier results file, and print its table",
     )
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     if args.plot:
         report = json.loads(args.plot.read_text())
