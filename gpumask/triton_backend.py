@@ -419,6 +419,9 @@ def _label_kernel(
 # --- launcher --------------------------------------------------------------------------------
 
 
+INTERPRETED = not isinstance(_label_kernel, triton.runtime.JITFunction)  # TRITON_INTERPRET=1
+
+
 def _pow2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
@@ -476,6 +479,12 @@ def mask_labels_triton(
         >>> mask_labels_triton(ids, spec.compile(), None, None, None, -100, False)[0].tolist()
         [[-100, -100, 6, 2, -100, -100, 7, 2]]
     """
+    if not input_ids.is_cuda and not INTERPRETED:
+        raise ValueError(
+            f"input_ids: on {input_ids.device}; the Triton backend runs on CUDA tensors (or in "
+            "Triton's interpreter, with TRITON_INTERPRET=1 set before triton is imported); "
+            "use backend='torch' on this device"
+        )
     c = compiled
     batch, length = input_ids.shape
     ignoring = c.ignore_ids.numel() > 0 and c.ignore_token_prob > 0.0

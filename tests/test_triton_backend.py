@@ -1,9 +1,10 @@
 """The Triton kernel against the oracle and the torch backend.
 
 On machines without a GPU, tests/conftest.py sets TRITON_INTERPRET=1, so these kernels run in
-Triton's interpreter on CPU tensors. The interpreter is slow per program, so rows are short and
-`block=16` or `32` cuts them into many chunks: markers, spans and turns cross chunk boundaries
-everywhere. Tests that need a real GPU are marked `cuda`.
+Triton's interpreter on CPU tensors; with a GPU the same tests run the compiled kernels on CUDA
+tensors. The interpreter is slow per program, so rows are short and `block=16` or `32` cuts
+them into many chunks: markers, spans and turns cross chunk boundaries everywhere. Tests that
+need a real GPU are marked `cuda`.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ from gpumask import MaskSpec, mask_labels  # noqa: E402
 from gpumask.masking import prepare_layout  # noqa: E402
 from gpumask.reference import mask_labels_reference  # noqa: E402
 from gpumask.torch_backend import mask_labels_torch  # noqa: E402
-from gpumask.triton_backend import MAX_SPAN_KINDS, mask_labels_triton  # noqa: E402
+from gpumask.triton_backend import INTERPRETED, MAX_SPAN_KINDS, mask_labels_triton  # noqa: E402
+
+DEVICE = torch.device("cpu" if INTERPRETED else "cuda")  # where the kernels run
 
 N = -100  # ignore_index, short for the expected labels below
 
 
 def run_triton(ids, spec, block=None, attention_mask=None, position_ids=None, cu_seqlens=None,
                seed=0, with_stats=False):  # fmt: skip
-    """The kernel as `mask_labels` calls it, with a forced block (window) size."""
+    """The kernel as `mask_labels` calls it, with a forced block (window) size, on DEVICE; the
+    draws are those of `mask_labels_reference` with a CPU generator seeded with `seed`."""
     real, seq_start = prepare_layout(ids, attention_mask, position_ids, cu_seqlens)
     uniforms = None
     if spec.ignore_token_ids and 0.0 < spec.ignore_token_prob < 1.0:
         uniforms = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed))
-    labels, trained, roles = mask_labels_triton(
-        ids, spec.compile(ids.device), real, seq_start, uniforms, -100, with_stats, block=block
-    )
+    moved = [None if t is None else t.to(DEVICE) for t in (ids, real, seq_start, uniforms)]
+    results = mask_labels_triton(*moved[:1], spec.compile(DEVICE), *moved[1:], -100, with_stats,
+                                 block=block)  # fmt: skip
+    labels, trained, roles = (None if t is None else t.cpu() for t in results)
     return (labels, trained, roles) if with_stats else labels
 
 
@@ -125,12 +130,7 @@ def check_case(spec, ids, layout, block, seed):
     expected, stats = mask_labels_reference(
         ids, spec, generator=torch.Generator().manual_seed(seed), return_stats=True, **layout
     )
-    if block is None:  # the public entry point, its default window and its own draws
-        labels, got = mask_labels(ids, spec, generator=torch.Generator().manual_seed(seed),
-                                  backend="triton", return_stats=True, **layout)  # fmt: skip
-        trained, roles = got["trained"], got["role_tokens"]
-    else:
-        labels, trained, roles = run_triton(ids, spec, block, seed=seed, with_stats=True, **layout)
+    labels, trained, roles = run_triton(ids, spec, block, seed=seed, with_stats=True, **layout)
     torch_labels, torch_stats = mask_labels(
         ids, spec, generator=torch.Generator().manual_seed(seed), backend="torch",
         return_stats=True, **layout,
@@ -331,7 +331,7 @@ def test_draws_compare_in_float32_as_torch_does():
     spec = CHATML.replace(ignore_token_ids=[8], ignore_token_prob=0.7)
     ids = torch.tensor([[1, 22, 8, 8, 2]])
     uniforms = torch.tensor([[0.0, 0.0, 0.7, 0.6999, 0.0]], dtype=torch.float32)
-    compiled = spec.compile()
+    ids, uniforms, compiled = ids.to(DEVICE), uniforms.to(DEVICE), spec.compile(DEVICE)
     expected = mask_labels_torch(ids, compiled, None, None, uniforms, -100, False)[0]
     labels = mask_labels_triton(ids, compiled, None, None, uniforms, -100, False)[0]
     assert labels.tolist() == expected.tolist() == [[N, N, 8, N, 2]]
@@ -339,6 +339,26 @@ def test_draws_compare_in_float32_as_torch_does():
     assert mask_labels_triton(ids, compiled, None, None, draws64, -100, False)[0].tolist() == (
         mask_labels_torch(ids, compiled, None, None, draws64, -100, False)[0].tolist()
     )
+
+
+def test_public_entry_point_dispatches_to_the_kernel_with_the_same_draws():
+    """`mask_labels(backend="triton")` and `backend="torch"` draw the same uniforms from the
+    same generator, so even random drops agree; stats too."""
+    spec = CHATML.replace(ignore_token_ids=[8], ignore_token_prob=0.5, last_turn_only=True)
+    ids = torch.tensor([[1, 21, 7, 2, 1, 22] + [8, 9] * 12 + [2], [0] * 5 + [1, 22] + [8] * 24])
+    mask = torch.tensor([[1] * 31, [0] * 5 + [1] * 26])
+    ids, mask = ids.to(DEVICE), mask.to(DEVICE)
+    results = [
+        mask_labels(ids, spec, attention_mask=mask, backend=backend, return_stats=True,
+                    generator=torch.Generator(DEVICE).manual_seed(3))
+        for backend in ("torch", "triton")
+    ]  # fmt: skip
+    (a, stats_a), (b, stats_b) = results
+    assert b.tolist() == a.tolist()
+    dropped = (a == N).sum().item() - 13  # 13 labels (headers, user turn, padding) never train
+    assert 0 < dropped < 36  # some of the 36 eights are dropped, not all
+    assert stats_b["trained"].tolist() == stats_a["trained"].tolist()
+    assert stats_b["role_tokens"].tolist() == stats_a["role_tokens"].tolist()
 
 
 def test_default_window_for_a_long_row():
@@ -399,6 +419,19 @@ def test_kernels_compile_for_an_h100_without_a_gpu():
     done = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_cpu_tensors_without_the_interpreter_get_a_clear_error():
+    script = (
+        "import torch, gpumask\n"
+        "spec = gpumask.MaskSpec(roles={'assistant': [1]})\n"
+        "gpumask.mask_labels(torch.tensor([[1, 2]]), spec, backend='triton')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode != 0
+    assert "input_ids: on cpu; the Triton backend runs on CUDA tensors" in done.stderr
 
 
 # --- on a GPU --------------------------------------------------------------------------------
