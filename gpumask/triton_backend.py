@@ -7,8 +7,9 @@ Design note
 ===========
 
 Grid and chunking. A row of length T is cut into chunks of `CHUNK = BLOCK - HALO` positions;
-program (c, b) owns chunk c of row b and loads a window of BLOCK positions (a power of two)
-that starts HALO positions before its chunk. HALO = 2K - 1 for markers of up to K tokens:
+program b * NC + c (a 1-D grid, so neither B nor NC meets CUDA's 65535 limit on grid.y) owns
+chunk c of row b and loads a window of BLOCK positions (a power of two) that starts HALO
+positions before its chunk. HALO = 2K - 1 for markers of up to K tokens:
 whether an occurrence at q is kept depends only on the matches at q-K+1..q (an earlier match
 ends at or before q), so every occurrence that covers, or ends at, a chunk position is decided
 exactly inside the window. Matching looks K - 1 positions past the window, which is only a
@@ -24,12 +25,12 @@ State that does cross chunks is three "last event" quantities and one count:
 - turn: the number of trained-role turn starts (a prefix sum), and for `last_turn_only` the
   turn count at the end of the packed sequence open at the chunk's end.
 So a row with several chunks takes three launches:
-1. `_summarize_kernel` (grid NC x B): per chunk, the last role event, its span map, its turn
+1. `_summarize_kernel` (grid B x NC): per chunk, the last role event, its span map, its turn
    starts and the turn starts before its first sequence start.
 2. `_carry_kernel` (grid B): per row, scans of those summaries over the chunks (max for the
    last event, map composition for spans, cumsum for turns, a reverse max for the turn count
    at each sequence's end): the state entering every chunk.
-3. `_label_kernel` (grid NC x B): recomputes its chunk with the carried state, writes labels
+3. `_label_kernel` (grid B x NC): recomputes its chunk with the carried state, writes labels
    and, with stats, adds per-row counts with atomics.
 Inside a window everything is a scan over BLOCK lanes (`tl.associative_scan`, `tl.cumsum`)
 plus a one-lane shift (`tl.gather`); no `[B, T, M]` tensor exists. Matching keeps the K
@@ -279,8 +280,8 @@ def _summarize_kernel(
 ):  # fmt: skip
     """Pass 1: summary[b, c] = (last role code or -1, turn starts, turn starts before the
     first sequence start or -1 without one, span-state map) of chunk c of row b."""
-    c = tl.program_id(0)
-    b = tl.program_id(1)
+    c = tl.program_id(0) % n_chunks
+    b = tl.program_id(0) // n_chunks
     row = b.to(tl.int64) * T
     _, _, start, chunk, _, role_key, turn_start, maps, _ = _window(
         ids_ptr, real_ptr, start_ptr, row, c * chunk_len - halo, T, halo,
@@ -353,8 +354,8 @@ def _label_kernel(
     WITH_STATS: tl.constexpr,
 ):  # fmt: skip
     """Pass 3 (the only pass for one-chunk rows): labels of chunk c of row b."""
-    c = tl.program_id(0)
-    b = tl.program_id(1)
+    c = tl.program_id(0) % n_chunks
+    b = tl.program_id(0) // n_chunks
     row = b.to(tl.int64) * T
     w = c * chunk_len - halo
     x, real, start, chunk, last, role_key, turn_start, maps, train_bits = _window(
@@ -517,7 +518,7 @@ def mask_labels_triton(
     if n_chunks > 1:
         summary = torch.empty(batch, n_chunks, 4, dtype=torch.int64, device=device)
         carry = torch.empty(batch, 4, n_chunks + 1, dtype=torch.int64, device=device)
-        _summarize_kernel[(n_chunks, batch)](
+        _summarize_kernel[(batch * n_chunks,)](
             ids, real_arg, start_arg, summary, length, halo, chunk_len, n_chunks,
             *markers, **common,
         )  # fmt: skip
@@ -531,7 +532,7 @@ def mask_labels_triton(
     if with_stats:
         trained = torch.zeros(batch, dtype=torch.int64, device=device)
         roles = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=device)
-    _label_kernel[(n_chunks, batch)](
+    _label_kernel[(batch * n_chunks,)](
         ids, real_arg, start_arg, dummy if uniforms is None else uniforms, labels, carry,
         trained, roles, length, halo, chunk_len, n_chunks, *markers,
         c.ignore_ids if ignoring else dummy, c.ignore_token_prob, ignore_index,
