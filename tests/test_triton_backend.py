@@ -225,16 +225,18 @@ def test_close_of_another_span_kind_does_not_end_the_open_span():
 
 
 def test_many_span_kinds_match_the_oracle():
-    """Eight span kinds (9 states, the 16-entry state maps) and, past the kernel's limit of 15,
-    sixteen kinds (handed to the torch backend)."""
-    for kinds in (8, MAX_SPAN_KINDS + 1):
+    """Five span kinds (int32 maps of 8 states), eight (int64 maps of 16 states) and, past the
+    kernel's limit of 15, sixteen kinds (handed to the torch backend)."""
+    for kinds in (5, 8, MAX_SPAN_KINDS + 1):
         spans = [([100 + k], [200 + k]) for k in range(kinds)]
         spec = MaskSpec(roles={"assistant": [1], "user": [3]}, end_of_turn=[2],
                         masked_spans=spans)  # fmt: skip
         rng = random.Random(kinds)
         pool = [1, 2, 3, 5, 6] + [100 + k for k in range(kinds)] + [200 + k for k in range(kinds)]
-        ids = torch.tensor([[1] + [rng.choice(pool) for _ in range(47)]])
+        crossing = [1, 5, 100 + kinds - 1] + [5] * 20 + [200 + kinds - 1, 6, 2]  # last kind
+        ids = torch.tensor([[1] + [rng.choice(pool) for _ in range(47)], crossing + [3] * 22])
         expected = mask_labels_reference(ids, spec)
+        assert expected[1, :27].tolist() == [N, 5] + [N] * 22 + [6, 2, N]
         assert run_triton(ids, spec, block=16).tolist() == expected.tolist()
 
 
