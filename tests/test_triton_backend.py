@@ -345,19 +345,19 @@ def test_draws_compare_in_float32_as_torch_does():
 
 def test_public_entry_point_dispatches_to_the_kernel_with_the_same_draws():
     """`mask_labels(backend="triton")` and `backend="torch"` draw the same uniforms from the
-    same generator, so even random drops agree; stats too."""
+    same generator, so even random drops agree; stats and a custom ignore_index too."""
     spec = CHATML.replace(ignore_token_ids=[8], ignore_token_prob=0.5, last_turn_only=True)
     ids = torch.tensor([[1, 21, 7, 2, 1, 22] + [8, 9] * 12 + [2], [0] * 5 + [1, 22] + [8] * 24])
     mask = torch.tensor([[1] * 31, [0] * 5 + [1] * 26])
     ids, mask = ids.to(DEVICE), mask.to(DEVICE)
     results = [
         mask_labels(ids, spec, attention_mask=mask, backend=backend, return_stats=True,
-                    generator=torch.Generator(DEVICE).manual_seed(3))
+                    ignore_index=-1, generator=torch.Generator(DEVICE).manual_seed(3))
         for backend in ("torch", "triton")
     ]  # fmt: skip
     (a, stats_a), (b, stats_b) = results
     assert b.tolist() == a.tolist()
-    dropped = (a == N).sum().item() - 13  # 13 labels (headers, user turn, padding) never train
+    dropped = (a == -1).sum().item() - 13  # 13 labels (headers, user turn, padding) never train
     assert 0 < dropped < 36  # some of the 36 eights are dropped, not all
     assert stats_b["trained"].tolist() == stats_a["trained"].tolist()
     assert stats_b["role_tokens"].tolist() == stats_a["role_tokens"].tolist()
