@@ -35,6 +35,7 @@ KIND_NAMES = ("header", "end of turn", "masked-span open", "masked-span close")
 
 # The markers of one compiled spec live in the bits of one int64 (bit 63 is left alone).
 MAX_MARKERS = 62
+MAX_MARKER_LEN = 255
 
 # Text that may stand before a marker inside a rendered conversation.
 CONTEXTS = ("", "\n", " ", "a")
@@ -74,9 +75,9 @@ class CompiledSpec:
     - `train_role` `[R + 1]` bool: which role codes train (code R is "no role").
     - `ignore_ids` `[I]`: ids in `ignore_token_ids`.
     - `match_words`: `match_tables` in int32 when the markers fit in 31 bits (else the same).
-    - `key_info` `[4, 128]` int32, indexed by `key = lowest set bit % 67` (0 when nothing
-      matches; 2**m % 67 is distinct for every m < 64): rows are the marker's length, kind,
-      arg, and the marker index; keys that name no marker have length 0 and kind -1.
+    - `key_words` `[67]` int32, indexed by `key = lowest set bit % 67` (2**m % 67 is
+      distinct for every m < 64): the marker's `length | (kind + 1) << 8 | arg << 11`,
+      0 for keys that name no marker (key 0: nothing matches).
     """
 
     match_tables: torch.Tensor
@@ -95,7 +96,8 @@ class CompiledSpec:
     last_turn_only: bool
     ignore_token_prob: float
     match_words: torch.Tensor
-    key_info: torch.Tensor
+    key_words: torch.Tensor
+    train_role_bits: int  # bit r set when role code r trains
 
 
 def _is_id_list(value: Any) -> bool:
@@ -301,6 +303,12 @@ class MaskSpec:
                     f"{seen[marker.ids].name}; a marker can mean one thing only"
                 )
             seen[marker.ids] = marker
+        too_long = [m for m in markers if len(m.ids) > MAX_MARKER_LEN]
+        if too_long:
+            raise MaskSpecError(
+                f"{too_long[0].name}: marker of {len(too_long[0].ids)} tokens; "
+                f"at most {MAX_MARKER_LEN}"
+            )
         if len(markers) > MAX_MARKERS:
             raise MaskSpecError(
                 f"too many markers: {len(markers)} alternatives in all, at most {MAX_MARKERS}"
@@ -419,11 +427,10 @@ class MaskSpec:
         train_role = torch.tensor(
             [name in self._train_roles for name in role_names] + [False], dtype=torch.bool
         )
-        key_info = torch.zeros(4, 128, dtype=torch.int32)
-        key_info[1] = -1
+        key_words = torch.zeros(67, dtype=torch.int32)
         for bit, marker in enumerate(markers):
-            key = (1 << bit) % 67
-            key_info[:, key] = torch.tensor([len(marker.ids), marker.kind, marker.arg, bit])
+            word = len(marker.ids) | (marker.kind + 1) << 8 | marker.arg << 11
+            key_words[(1 << bit) % 67] = word
         words = tables.to(torch.int32) if len(markers) <= 31 else tables
         initial = (
             len(role_names) if self._initial_role is None else role_names.index(self._initial_role)
@@ -445,5 +452,8 @@ class MaskSpec:
             last_turn_only=self._last_turn_only,
             ignore_token_prob=self._ignore_token_prob,
             match_words=words.to(device),
-            key_info=key_info.to(device),
+            key_words=key_words.to(device),
+            train_role_bits=sum(
+                1 << r for r, name in enumerate(role_names) if name in self._train_roles
+            ),
         )

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, CompiledSpec
 
-KEY_BITS = 7  # keys are < 128
+COVER_BITS = 11  # length (8 bits) and kind + 1 (3 bits) of the covering occurrence
 
 
 def _shift_right(x: torch.Tensor, fill: int) -> torch.Tensor:
@@ -82,13 +82,13 @@ def mask_labels_torch(
     c = compiled
     batch, length = input_ids.shape
     device = input_ids.device
-    index_type = torch.int32 if length < 2**24 else torch.int64
+    index_type = torch.int32 if length < 2 ** (31 - COVER_BITS) else torch.int64
     positions = torch.arange(length, dtype=index_type, device=device)
-    key_length, key_kind, key_arg = c.key_info[:3].to(index_type)
     vocab = c.match_words.shape[1] - 1
     role_bits = max(c.n_roles.bit_length(), 1)
+    train_bits = c.train_role_bits
 
-    # 1. Matching: the key of the longest marker that matches at each start (0: none).
+    # 1. Matching: the word (length, kind, arg) of the longest marker matching at each start.
     ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: "no marker uses it"
     if real is not None:
         ids = ids.masked_fill(~real, vocab)
@@ -107,22 +107,25 @@ def mask_labels_torch(
         seq_end = F.pad(next_start[:, 1:], (0, 1), value=length)  # first position after
         tokens_left = (seq_end - positions).clamp(max=c.max_len)
         hits &= c.length_ok.to(hits.dtype)[tokens_left]
-    key = (hits & -hits) % 67
+    word = torch.take(c.key_words, ((hits & -hits) % 67).long()).to(index_type)
 
     # 2. Overlaps: keep a start at or past every earlier match's end.
-    reach = _shift_right(torch.cummax(positions + key_length[key], dim=1).values, 0)
-    kept = (key != 0) & (positions >= reach)
-    key = torch.where(kept, key, 0).to(index_type)
-    kind = key_kind[key]
-    arg = key_arg[key]
+    reach = _shift_right(torch.cummax(positions + (word & 255), dim=1).values, 0)
+    kept = (word != 0) & (positions >= reach)
+    word = torch.where(kept, word, 0)
+    kind = (word >> 8 & 7) - 1
+    arg = word >> 11
 
-    # 3. Coverage: the kept occurrence covering t, and the kind of one that ended at t - 1.
-    cover = torch.cummax(torch.where(kept, (positions << KEY_BITS) + key, -1), dim=1).values
-    cover_key = cover & ((1 << KEY_BITS) - 1)
-    cover_kind = key_kind[cover_key]
-    cover_end = (cover >> KEY_BITS) + key_length[cover_key]  # first position after it
+    # 3. Coverage: the kept occurrence covering t (its start, length and kind, packed into
+    # one cummax), and the kind of the one that ended at t - 1.
+    cover = torch.cummax(
+        torch.where(kept, (positions << COVER_BITS) + (word & (1 << COVER_BITS) - 1), 0), dim=1
+    ).values
+    cover_kind = (cover >> 8 & 7) - 1
+    cover_end = (cover >> COVER_BITS) + (cover & 255)  # first position after it
     covered = positions < cover_end
-    end_kind = _shift_right(torch.where(cover_end == positions + 1, cover_kind, -1), -1)
+    ends_here = cover_end == positions + 1
+    end_kind = _shift_right(torch.where(ends_here, cover_kind, -1), -1)
 
     header_start = kind == HEADER
     eot_end = end_kind == END_OF_TURN
@@ -135,7 +138,7 @@ def mask_labels_torch(
     )
     role = _last_code(role_event, role_code, 0, role_bits)
 
-    trained = c.train_role[role] & ~(covered & (cover_kind == HEADER))
+    trained = ((train_bits >> role) & 1).bool() & ~(covered & (cover_kind == HEADER))
     if c.n_spans:
         open_start = kind == SPAN_OPEN
         close_end = end_kind == SPAN_CLOSE
@@ -143,9 +146,9 @@ def mask_labels_torch(
             span_event = seq_start | header_start | eot_end | open_start | close_end
             in_span = _last_code(span_event, positions << 1, open_start.to(index_type), 1) == 1
         else:
-            close_arg = _shift_right(
-                torch.where(cover_end == positions + 1, key_arg[cover_key], 0), 0
-            )
+            close_start = (kind == SPAN_CLOSE) & kept
+            last_close_arg = _last_code(close_start, positions << 6, arg, 6)
+            close_arg = _shift_right(last_close_arg, 0)
             state = _span_automaton(
                 seq_start, header_start, eot_end, open_start, arg, close_end, close_arg, c.n_spans
             )
@@ -156,7 +159,9 @@ def mask_labels_torch(
     if real is not None:
         trained &= real
     if c.last_turn_only:
-        turn_start = (header_start & c.train_role[arg]) | (seq_start & c.train_role[c.initial_role])
+        turn_start = (header_start & ((train_bits >> arg) & 1).bool()) | (
+            seq_start & bool(train_bits >> c.initial_role & 1)
+        )
         turn = torch.cumsum(turn_start.to(index_type), dim=1)
         last_turn = turn[:, -1:] if seq_end is None else turn.gather(1, seq_end.long() - 1)
         trained &= turn == last_turn
