@@ -43,6 +43,10 @@ IDS, _ = parse("@user q E nl @assistant a E")
         ),
         (dict(roles={"assistant": [1.5]}), r"roles\['assistant'\]: expected a str or a list"),
         (dict(roles={"assistant": [[i] for i in range(70)]}), r"too many markers: 70"),
+        (
+            dict(roles={"assistant": list(range(300))}),
+            r"header of role 'assistant': marker of 300 tokens; at most 255",
+        ),
     ],
 )
 def test_bad_spec_is_rejected_with_a_clear_message(kwargs, message):
