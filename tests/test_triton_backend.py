@@ -150,15 +150,16 @@ def test_random_cases_match_oracle_and_torch_backend(group):
 
 
 def test_random_cases_cover_every_option():
-    """The 300 cases above do exercise what they claim to."""
-    rng = random.Random(1000)
+    """The 300 cases above do exercise what they claim to, most of them across chunks."""
     seen: set = set()
+    chunked = 0
     for group in range(10):
         rng = random.Random(1000 + group)
         for _ in range(30):
             spec, ids, layout, block, _ = random_case(rng)
             compiled = spec.compile()
             chunks = block is not None and ids.shape[1] > block
+            chunked += chunks
             seen |= {f"layout:{k}" for k in layout} | {f"dtype:{ids.dtype}"}
             seen |= {f"spans:{compiled.n_spans}", f"chunked:{chunks}"}
             seen |= {f"last_turn_only:{spec.last_turn_only}", f"eot:{spec.train_on_end_of_turn}"}
@@ -170,6 +171,7 @@ def test_random_cases_cover_every_option():
                    "chunked:True", "chunked:False", "last_turn_only:True", "eot:False",
                    "initial:True", "ignore_prob:0.5", "ignore_prob:1.0"):  # fmt: skip
         assert option in seen, option
+    assert chunked >= 120, chunked  # cases whose rows are cut into several chunks
 
 
 # --- chunk boundaries, by hand ---------------------------------------------------------------
