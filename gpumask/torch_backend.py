@@ -137,6 +137,8 @@ def mask_labels_torch(
         torch.where(seq_start, scaled + c.initial_role, scaled + c.n_roles),
     )
     role = _last_code(role_event, role_code, 0, role_bits)
+    if c.n_roles > 30:  # shift the python int `train_bits` in 64 bits
+        role, arg = role.long(), arg.long()
 
     trained = ((train_bits >> role) & 1).bool() & ~(covered & (cover_kind == HEADER))
     if c.n_spans:

@@ -277,3 +277,29 @@ def test_batch_rows_are_independent():
     ids = torch.cat([p[0] for p in parsed])
     for fn in BACKENDS:
         assert fn(ids, spec()).tolist() == [p[1] for p in parsed]
+
+
+def test_last_turn_only_with_more_span_kinds_than_roles():
+    chat = MaskSpec(
+        roles={"assistant": [1]},
+        masked_spans=[([2], [3]), ([4], [5]), ([6], [7])],
+        last_turn_only=True,
+    )
+    for fn in BACKENDS:
+        assert labels_of(torch.tensor([[1, 6, 8, 7, 9, 1, 10]]), chat, fn) == [
+            IGNORE,
+            IGNORE,
+            IGNORE,
+            IGNORE,
+            IGNORE,
+            IGNORE,
+            10,
+        ]
+
+
+def test_many_roles_train_by_role_code_above_thirty_one():
+    roles = {f"r{i}": [100 + i] for i in range(40)}
+    chat = MaskSpec(roles=roles, train_roles=("r35",), end_of_turn=[2])
+    ids = torch.tensor([[100, 5, 2, 135, 6, 2, 101, 7]])
+    for fn in BACKENDS:
+        assert labels_of(ids, chat, fn) == [IGNORE, IGNORE, IGNORE, IGNORE, 6, 2, IGNORE, IGNORE]
