@@ -385,10 +385,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("tokens per batch (B x T)")
         ax.set_ylabel("seconds per batch (median)")
     axes.flat[0].legend(fontsize=8)
-    load = report["load_before"][0]
+    info = report["machine"]
     fig.suptitle(
-        f"Completion-only label masking, {report['machine']['label']} "
-        f"({report['date']}, load {load:.1f}); mask_labels excludes padding"
+        f"Completion-only labels, {info['label']}, {info['torch_threads']} torch thread(s) "
+        f"({report['date']}, load {report['load_before'][0]:.1f}); mask_labels excludes padding"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
