@@ -321,7 +321,8 @@ def table(report: dict[str, Any], markdown: bool = False) -> str:
         for k in sorted(by_key, key=lambda k: (k[0], k[1], k[2] == "dense", k[3]))
     ]
     if markdown:
-        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        align = ["---:", "---:", ":---", ":---"] + ["---:"] * len(impls)
+        out = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
         return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
     widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
