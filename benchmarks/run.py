@@ -212,14 +212,31 @@ def machine() -> dict[str, Any]:
 
 
 def run(
-    grid: Iterable[tuple[int, int]], impls: list[Impl], seed: int = 0, progress: bool = True
+    grid: Iterable[tuple[int, int]],
+    impls: list[Impl],
+    seed: int = 0,
+    progress: bool = True,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Time every implementation on every grid point, sparse and dense, lists and tensors."""
+    """Time every implementation on every grid point, sparse and dense, lists and tensors.
+
+    Torch runs on `threads` CPU threads meanwhile (restored after).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _timings(list(grid), impls, seed, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _timings(
+    grid: list[tuple[int, int]], impls: list[Impl], seed: int, progress: bool
+) -> dict[str, Any]:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
-    grid = list(grid)
     results: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     collators = [i for i in impls if i.collator]
@@ -418,7 +435,6 @@ def main(argv: list[str] | None = None) -> int:
         help="redraw the PNG of an earlier results file, and print its table",
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
     if args.plot:
         report = json.loads(args.plot.read_text())
@@ -426,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         print(table(report))
         return 0
     cuda = torch.cuda.is_available()
-    report = run(QUICK_GRID if args.quick else FULL_GRID, implementations(cuda, args.quick))
+    grid = QUICK_GRID if args.quick else FULL_GRID
+    report = run(grid, implementations(cuda, args.quick), threads=args.threads)
     out = args.out
     if out is None and not args.quick:
         out = RESULTS / f"{report['machine']['slug']}-{report['date']}.json"

@@ -106,7 +106,11 @@ def show_benchmark() -> None:
         "median ms per batch; (Nx) = N times faster than trl 0.19.1:"
     )
     report = run.run(run.QUICK_GRID, run.implementations(cuda=False, quick=True))
-    print(f"{report['machine']['label']}, load average {report['load_before'][0]:.1f}")
+    info = report["machine"]
+    print(
+        f"{info['label']}, {info['torch_threads']} torch thread (as in a DataLoader worker), "
+        f"load average {report['load_before'][0]:.1f}"
+    )
     print(run.table(report))
     print("Full grid, JSON and plot: make bench")
 
