@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()[0]
     print(
         f"64 x 8192, {machine()['label']}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), load average {load:.2f}; "
+        f"({torch.get_num_threads()} thread(s)), load average {load:.2f}; "
         f"medians of {args.rounds} rounds, ms"
     )
     head = ("case", "trl collate", "trl parent", "trl masking loop", "mask_labels", "verdict")

@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         out = RESULTS / f"{report['machine']['slug']}-{report['date']}.json"
     print(
         f"{report['machine']['label']}; torch {torch.__version__}, "
-        f"{report['machine']['torch_threads']} threads; load average "
+        f"{report['machine']['torch_threads']} thread(s); load average "
         f"{report['load_before'][0]:.2f} before, {report['load_after'][0]:.2f} after"
     )
     print(
