@@ -36,6 +36,7 @@ from gpumask.spec import MaskSpec
 NO_ROLE = "(no role)"
 TRAINED_ANSI, OTHER_ANSI, RESET_ANSI = "\x1b[1;30;42m", "\x1b[2m", "\x1b[0m"
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
+CHUNK_TOKENS = 2**20  # padded tokens per batch in mask_rows
 # Context decoded before a run of tokens, so that a run's text is what it adds to its context
 # (SentencePiece leading spaces, characters split over byte-level tokens).
 _CONTEXT = 8
@@ -62,7 +63,9 @@ class MaskedRow:
 
 
 def mask_rows(rows: Sequence[Sequence[int]], spec: MaskSpec) -> list[MaskedRow]:
-    """Mask `rows` (lists of token ids, any lengths) as one padded batch, with explanations.
+    """Mask `rows` (lists of token ids, any lengths) in padded batches, with explanations.
+
+    Consecutive rows go into one batch while it holds at most `CHUNK_TOKENS` padded tokens.
 
     Example::
 
@@ -71,8 +74,19 @@ def mask_rows(rows: Sequence[Sequence[int]], spec: MaskSpec) -> list[MaskedRow]:
         [3, 0]
     """
     rows = [[int(i) for i in row] for row in rows]
-    if not rows:
-        return []
+    out: list[MaskedRow] = []
+    start = 0
+    while start < len(rows):
+        end, longest = start + 1, len(rows[start])
+        while end < len(rows) and max(longest, len(rows[end])) * (end + 1 - start) <= CHUNK_TOKENS:
+            longest = max(longest, len(rows[end]))
+            end += 1
+        out += _mask_batch(rows[start:end], spec)
+        start = end
+    return out
+
+
+def _mask_batch(rows: list[list[int]], spec: MaskSpec) -> list[MaskedRow]:
     length = max(1, max(len(row) for row in rows))
     ids = torch.zeros(len(rows), length, dtype=torch.int64)
     mask = torch.zeros(len(rows), length, dtype=torch.int64)

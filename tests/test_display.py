@@ -6,7 +6,7 @@ import pytest
 from conftest import TOKENIZERS
 from transformers import AutoTokenizer
 
-from gpumask import MaskSpec
+from gpumask import MaskSpec, display
 from gpumask.display import (
     MaskedRow,
     format_row,
@@ -44,6 +44,17 @@ def test_rows_of_different_lengths_are_masked_as_if_alone():
     assert together[0] == mask_rows([[1, 11, 6, 2]], SPEC)[0]
     assert together[1] == mask_rows([long_row], SPEC)[0]
     assert len(together[0].trained) == 4
+
+
+def test_rows_are_masked_in_chunks_with_the_same_result(monkeypatch):
+    rows = [QA, [1, 11, 6, 2], [1, 10, 5, 2], QA + QA, [1, 11, 7, 6, 8, 6, 2]]
+    whole = mask_rows(rows, SPEC)
+    monkeypatch.setattr(display, "CHUNK_TOKENS", 16)
+    calls = []
+    batch = display._mask_batch
+    monkeypatch.setattr(display, "_mask_batch", lambda r, s: calls.append(len(r)) or batch(r, s))
+    assert mask_rows(rows, SPEC) == whole
+    assert calls == [2, 1, 1, 1]
 
 
 @pytest.mark.parametrize(
