@@ -11,9 +11,19 @@ spec options below override what it detected. Every conversation is printed with
 tokens highlighted, then a summary: tokens per role, the trained share, and every row in which
 nothing trains, with the reason.
 
-Example (from a test)::
+Example (``chats.jsonl`` holds one line,
+``{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}``)::
 
-    $ gpumask show --tokenizer tests/fixtures/tokenizers/qwen2_5 --no-color chats.jsonl
+    $ gpumask show --tokenizer tests/fixtures/tokenizers/smollm2 --no-color chats.jsonl
+    ...
+    --- line 1: 3 of 35 tokens trained (8.6%); system 20, user 5, assistant 7, (no role) 3
+    <|im_start|>system
+    You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>
+    <|im_start|>user
+    Hi<|im_end|>
+    <|im_start|>assistant
+    [[Hello!<|im_end|>]]
+    ...
 """
 
 from __future__ import annotations
@@ -59,7 +69,8 @@ def _check_messages(messages: Any, where: str) -> None:
 def read_conversations(path: Path, tokenizer: Any) -> list[tuple[int, list[int]]]:
     """(line number, token ids) for each non-blank line of the JSONL file at `path`.
 
-    Raises :class:`DataError` naming the line and the field of the first bad line.
+    Raises :class:`DataError` naming the line and the field of the first bad line, e.g.
+    ``chats.jsonl:3: field 'messages[1].role': expected a non-empty string, got None``.
     """
     out = []
     with open(path, encoding="utf-8") as lines:
