@@ -36,6 +36,8 @@ KIND_NAMES = ("header", "end of turn", "masked-span open", "masked-span close")
 # The markers of one compiled spec live in the bits of one int64 (bit 63 is left alone).
 MAX_MARKERS = 62
 MAX_MARKER_LEN = 255
+# Largest window table (entries) the torch backend matches with; beyond it, bitmask tables.
+MAX_WINDOW_TABLE = 1 << 16
 
 # Text that may stand before a marker inside a rendered conversation.
 CONTEXTS = ("", "\n", " ", "a")
@@ -75,6 +77,12 @@ class CompiledSpec:
     - `train_role` `[R + 1]` bool: which role codes train (code R is "no role").
     - `ignore_ids` `[I]`: ids in `ignore_token_ids`.
     - `match_words`: `match_tables` in int32 when the markers fit in 31 bits (else the same).
+    - `token_class` `[V + 1]` int32: 1 + the rank of each id among the ids markers use, 0 for
+      the others; `window_words` `[n_classes ** K]` int32 (None when larger than
+      `MAX_WINDOW_TABLE`): the word (as in `key_words`) of the longest marker that starts a
+      window of K token classes, indexed by `sum(class[p + k] * n_classes ** (K - 1 - k))`.
+    - `can_overlap`: whether two occurrences can overlap at all (a marker starting inside
+      another's span); when not, every match is kept.
     - `key_words` `[67]` int32, indexed by `key = lowest set bit % 67` (2**m % 67 is
       distinct for every m < 64): the marker's `length | (kind + 1) << 8 | arg << 11`,
       0 for keys that name no marker (key 0: nothing matches).
@@ -98,6 +106,10 @@ class CompiledSpec:
     match_words: torch.Tensor
     key_words: torch.Tensor
     train_role_bits: int  # bit r set when role code r trains
+    token_class: torch.Tensor
+    n_classes: int
+    window_words: torch.Tensor | None
+    can_overlap: bool
 
 
 def _is_id_list(value: Any) -> bool:
@@ -160,6 +172,17 @@ def _alternatives(value: Any, what: str, tokenizer: Any) -> list[tuple[int, ...]
         else:
             raise MaskSpecError(f"{what}: expected a str or a list of int token ids, got {item!r}")
     return out
+
+
+def _can_overlap(markers: Sequence[Marker]) -> bool:
+    """Whether some marker can start strictly inside an occurrence of another (or itself)."""
+    for a in markers:
+        for b in markers:
+            for offset in range(1, len(a.ids)):
+                overlap = min(len(a.ids) - offset, len(b.ids))
+                if a.ids[offset : offset + overlap] == b.ids[:overlap]:
+                    return True
+    return False
 
 
 class MaskSpec:
@@ -432,6 +455,17 @@ class MaskSpec:
             word = len(marker.ids) | (marker.kind + 1) << 8 | marker.arg << 11
             key_words[(1 << bit) % 67] = word
         words = tables.to(torch.int32) if len(markers) <= 31 else tables
+        marker_tokens = sorted({i for m in markers for i in m.ids})
+        token_class = torch.zeros(vocab + 1, dtype=torch.int32)
+        token_class[marker_tokens] = torch.arange(1, len(marker_tokens) + 1, dtype=torch.int32)
+        n_classes = len(marker_tokens) + 1
+        window_words = None
+        if n_classes**max_len <= MAX_WINDOW_TABLE:
+            window_words = torch.zeros([n_classes] * max_len, dtype=torch.int32)
+            for marker in reversed(markers):  # shortest first: the longest match is written last
+                prefix = tuple(marker_tokens.index(i) + 1 for i in marker.ids)
+                window_words[prefix] = len(marker.ids) | (marker.kind + 1) << 8 | marker.arg << 11
+            window_words = window_words.flatten()
         initial = (
             len(role_names) if self._initial_role is None else role_names.index(self._initial_role)
         )
@@ -453,6 +487,10 @@ class MaskSpec:
             ignore_token_prob=self._ignore_token_prob,
             match_words=words.to(device),
             key_words=key_words.to(device),
+            token_class=token_class.to(device),
+            n_classes=n_classes,
+            window_words=None if window_words is None else window_words.to(device),
+            can_overlap=_can_overlap(markers),
             train_role_bits=sum(
                 1 << r for r, name in enumerate(role_names) if name in self._train_roles
             ),

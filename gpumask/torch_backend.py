@@ -64,6 +64,37 @@ def _span_automaton(
     return f[..., 0]
 
 
+def _match_by_window(ids: torch.Tensor, c: CompiledSpec, tokens_left) -> torch.Tensor:
+    """Word of the longest marker at each start: the K token classes from p on, read as one
+    number in base `n_classes`, index `window_words`. Classes past the end of a packed
+    sequence read as 0 ("no marker uses it")."""
+    classes = torch.take(c.token_class, ids)
+    code = classes
+    if c.max_len > 1:
+        length = ids.shape[1]
+        padded = F.pad(classes, (0, c.max_len - 1), value=0)
+        for k in range(1, c.max_len):
+            later = padded[:, k : k + length]
+            if tokens_left is not None:
+                later = later.masked_fill(tokens_left <= k, 0)
+            code = code * c.n_classes + later
+    return torch.take(c.window_words, code.long())
+
+
+def _match_by_bits(ids: torch.Tensor, c: CompiledSpec, tokens_left) -> torch.Tensor:
+    """Word of the longest marker at each start, for specs whose window table would be too
+    large: AND the per-offset bitmasks, isolate the lowest bit (the longest marker)."""
+    hits = torch.take(c.match_words[0], ids)
+    if c.max_len > 1:
+        length = ids.shape[1]
+        padded = F.pad(ids, (0, c.max_len - 1), value=c.match_words.shape[1] - 1)
+        for k in range(1, c.max_len):
+            hits &= torch.take(c.match_words[k], padded[:, k : k + length])
+    if tokens_left is not None:
+        hits &= c.length_ok.to(hits.dtype)[tokens_left]
+    return torch.take(c.key_words, ((hits & -hits) % 67).long())
+
+
 def mask_labels_torch(
     input_ids: torch.Tensor,
     compiled: CompiledSpec,
@@ -92,12 +123,7 @@ def mask_labels_torch(
     ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: "no marker uses it"
     if real is not None:
         ids = ids.masked_fill(~real, vocab)
-    hits = torch.take(c.match_words[0], ids)
-    if c.max_len > 1:
-        padded = F.pad(ids, (0, c.max_len - 1), value=vocab)
-        for k in range(1, c.max_len):
-            hits &= torch.take(c.match_words[k], padded[:, k : k + length])
-    seq_end = None
+    seq_end = tokens_left = None
     if seq_start is None:
         seq_start = (positions == 0).expand(batch, length)
     else:
@@ -106,13 +132,18 @@ def mask_labels_torch(
         next_start = torch.flip(torch.cummin(torch.flip(starts_at, [1]), dim=1).values, [1])
         seq_end = F.pad(next_start[:, 1:], (0, 1), value=length)  # first position after
         tokens_left = (seq_end - positions).clamp(max=c.max_len)
-        hits &= c.length_ok.to(hits.dtype)[tokens_left]
-    word = torch.take(c.key_words, ((hits & -hits) % 67).long()).to(index_type)
+    if c.window_words is not None:
+        word = _match_by_window(ids, c, tokens_left)
+    else:
+        word = _match_by_bits(ids, c, tokens_left)
+    word = word.to(index_type)
 
     # 2. Overlaps: keep a start at or past every earlier match's end.
-    reach = _shift_right(torch.cummax(positions + (word & 255), dim=1).values, 0)
-    kept = (word != 0) & (positions >= reach)
-    word = torch.where(kept, word, 0)
+    kept = word != 0
+    if c.can_overlap:
+        reach = _shift_right(torch.cummax(positions + (word & 255), dim=1).values, 0)
+        kept &= positions >= reach
+        word = torch.where(kept, word, 0)
     kind = (word >> 8 & 7) - 1
     arg = word >> 11
 

@@ -1,5 +1,7 @@
 """The torch backend against the reference oracle on random formats, streams and layouts."""
 
+from unittest import mock
+
 import torch
 from hypothesis import given, settings
 from strategies import masking_cases
@@ -37,3 +39,13 @@ def test_torch_backend_matches_oracle(case):
 @given(masking_cases(max_batch=2, max_length=300))
 def test_torch_backend_matches_oracle_on_longer_rows(case):
     assert_same(*run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k)))
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(masking_cases())
+def test_torch_backend_matches_oracle_with_bitmask_matching(case):
+    # Specs whose window table would be too large match with per-offset bitmasks instead.
+    with mock.patch("gpumask.spec.MAX_WINDOW_TABLE", 0):
+        got = run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k))
+    assert case[0].compile().window_words is None
+    assert_same(*got)
