@@ -196,6 +196,34 @@ def untrained_reason(
     )
 
 
+def mask_batch(
+    input_ids: np.ndarray, attention_mask: np.ndarray, spec: MaskSpec, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of a padded batch, and per-row token counts by role (`[B, R + 1]`), counted
+    only for rows without a trained token (the others are left 0): the rows that need a
+    reason, at no cost to the rows that train.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> ids = np.array([[1, 11, 5, 2], [1, 10, 5, 2]])
+        >>> labels, role_tokens = mask_batch(ids, np.ones_like(ids), spec, -100)
+        >>> labels.tolist(), role_tokens.tolist()
+        ([[-100, -100, 5, 2], [-100, -100, -100, -100]], [[0, 0, 0], [4, 0, 0]])
+    """
+    ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+    labels = mask_labels(ids, spec, attention_mask=mask, ignore_index=ignore_index).numpy()
+    role_tokens = np.zeros((len(labels), len(spec.role_names) + 1), dtype=np.int64)
+    untrained = np.flatnonzero((labels == ignore_index).all(1))
+    if untrained.size:
+        rows = torch.from_numpy(untrained)
+        _, stats = mask_labels(
+            ids[rows], spec, attention_mask=mask[rows], ignore_index=ignore_index, return_stats=True
+        )
+        role_tokens[untrained] = stats["role_tokens"].numpy()
+    return labels, role_tokens
+
+
 def warn_untrained(who: str, n_rows: int, reasons: dict[int, str], stacklevel: int = 4) -> None:
     """One `NoTrainedTokensWarning` naming every row without a trained token, and why."""
     if not reasons:
@@ -326,19 +354,14 @@ class CompletionCollator:
             attention_mask, _ = pad_rows(masks, length, 0, self.padding_side)
         labels = None
         if self.mask_on == "batch":
-            labels, stats = mask_labels(
-                torch.from_numpy(input_ids),
-                self.spec,
-                attention_mask=torch.from_numpy(attention_mask),
-                ignore_index=self.ignore_index,
-                return_stats=True,
+            labels, role_tokens = mask_batch(
+                input_ids, attention_mask, self.spec, self.ignore_index
             )
-            labels = labels.numpy()
             if self.padding_free:  # the first token of each sequence follows another sequence
                 labels[keep & (keep.cumsum(1) == 1)] = self.ignore_index
             if self.warn:
                 real = keep & (attention_mask != 0)
-                self._report(input_ids, real, labels, stats["role_tokens"], original)
+                self._report(input_ids, real, labels, role_tokens, original)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

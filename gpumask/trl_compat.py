@@ -51,12 +51,12 @@ import torch
 
 from gpumask.collators import (
     check_padding_options,
+    mask_batch,
     pad_rows,
     padded_length,
     split_examples,
     warn_untrained,
 )
-from gpumask.masking import mask_labels
 from gpumask.spec import MaskSpec
 
 # Arguments of transformers' DataCollatorForLanguageModeling that only matter with mlm=True.
@@ -208,15 +208,8 @@ class DataCollatorForCompletionOnlyLM:
             attention_mask = keep.astype(np.int64)
         else:
             attention_mask, _ = pad_rows(masks, length, 0, padding_side)
-        labels, stats = mask_labels(
-            torch.from_numpy(input_ids),
-            self.spec,
-            attention_mask=torch.from_numpy(attention_mask),
-            ignore_index=self.ignore_index,
-            return_stats=True,
-        )
-        labels = labels.numpy()
-        self._report(labels, stats["role_tokens"].numpy())
+        labels, role_tokens = mask_batch(input_ids, attention_mask, self.spec, self.ignore_index)
+        self._report(labels, role_tokens)
         if not self.padding_free:
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
             return {k: torch.from_numpy(v) for k, v in batch.items()}
