@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, CompiledSpec
 
 COVER_BITS = 11  # length (8 bits) and kind + 1 (3 bits) of the covering occurrence
+TAG_MASK = 7 << 8
 
 
 def _shift_right(x: torch.Tensor, fill: int) -> torch.Tensor:
@@ -33,9 +34,16 @@ def _shift_right(x: torch.Tensor, fill: int) -> torch.Tensor:
     return F.pad(x[:, :-1], (1, 0), value=fill)
 
 
+def _tag(kind: int) -> int:
+    """A marker kind as it stands in bits 8-10 of a marker word."""
+    return (kind + 1) << 8
+
+
 def _last_code(event: torch.Tensor, scaled_positions: torch.Tensor, code, bits: int):
-    """The code of the last event at or before t (low `bits` bits; all ones before any)."""
-    packed = torch.where(event, scaled_positions + code, -1)
+    """The code of the last event at or before t (low `bits` bits; all ones before any).
+
+    `scaled_positions` is `position << bits`, plus the code already when `code` is None."""
+    packed = torch.where(event, scaled_positions if code is None else scaled_positions + code, -1)
     return torch.cummax(packed, dim=1).values & ((1 << bits) - 1)
 
 
@@ -124,7 +132,8 @@ def mask_labels_torch(
     if real is not None:
         ids = ids.masked_fill(~real, vocab)
     seq_end = tokens_left = None
-    if seq_start is None:
+    packed = seq_start is not None
+    if not packed:
         seq_start = (positions == 0).expand(batch, length)
     else:
         seq_start = seq_start | (positions == 0)
@@ -144,7 +153,7 @@ def mask_labels_torch(
         reach = _shift_right(torch.cummax(positions + (word & 255), dim=1).values, 0)
         kept &= positions >= reach
         word = torch.where(kept, word, 0)
-    kind = (word >> 8 & 7) - 1
+    tag = word & TAG_MASK  # (kind + 1) << 8; 0 where no occurrence is kept
     arg = word >> 11
 
     # 3. Coverage: the kept occurrence covering t (its start, length and kind, packed into
@@ -152,34 +161,37 @@ def mask_labels_torch(
     cover = torch.cummax(
         torch.where(kept, (positions << COVER_BITS) + (word & (1 << COVER_BITS) - 1), 0), dim=1
     ).values
-    cover_kind = (cover >> 8 & 7) - 1
+    cover_tag = cover & TAG_MASK
     cover_end = (cover >> COVER_BITS) + (cover & 255)  # first position after it
     covered = positions < cover_end
-    ends_here = cover_end == positions + 1
-    end_kind = _shift_right(torch.where(ends_here, cover_kind, -1), -1)
+    end_tag = _shift_right(torch.where(cover_end == positions + 1, cover_tag, 0), 0)
 
-    header_start = kind == HEADER
-    eot_end = end_kind == END_OF_TURN
-    role_event = seq_start | header_start | eot_end
+    header_start = tag == _tag(HEADER)
+    eot_end = end_tag == _tag(END_OF_TURN)
     scaled = positions << role_bits
-    role_code = torch.where(
-        header_start,
-        scaled + arg,
-        torch.where(seq_start, scaled + c.initial_role, scaled + c.n_roles),
-    )
-    role = _last_code(role_event, role_code, 0, role_bits)
+    if packed:
+        no_header_code = torch.where(seq_start, scaled + c.initial_role, scaled + c.n_roles)
+    else:  # one sequence per row: the initial role at t = 0 only, a 1-D row of codes
+        first = torch.where(positions == 0, c.initial_role, c.n_roles).to(index_type)
+        no_header_code = scaled + first
+    role_code = torch.where(header_start, scaled + arg, no_header_code)
+    role = _last_code(seq_start | header_start | eot_end, role_code, None, role_bits)
     if c.n_roles > 30:  # shift the python int `train_bits` in 64 bits
         role, arg = role.long(), arg.long()
 
-    trained = ((train_bits >> role) & 1).bool() & ~(covered & (cover_kind == HEADER))
+    if train_bits & (train_bits - 1) == 0:  # one trained role
+        trained = role == train_bits.bit_length() - 1
+    else:
+        trained = ((train_bits >> role) & 1).bool()
+    trained &= ~(covered & (cover_tag == _tag(HEADER)))
     if c.n_spans:
-        open_start = kind == SPAN_OPEN
-        close_end = end_kind == SPAN_CLOSE
+        open_start = tag == _tag(SPAN_OPEN)
+        close_end = end_tag == _tag(SPAN_CLOSE)
         if c.n_spans == 1:
             span_event = seq_start | header_start | eot_end | open_start | close_end
             in_span = _last_code(span_event, positions << 1, open_start.to(index_type), 1) == 1
         else:
-            close_start = (kind == SPAN_CLOSE) & kept
+            close_start = tag == _tag(SPAN_CLOSE)
             last_close_arg = _last_code(close_start, positions << 6, arg, 6)
             close_arg = _shift_right(last_close_arg, 0)
             state = _span_automaton(
@@ -188,7 +200,7 @@ def mask_labels_torch(
             in_span = state != 0
         trained &= ~in_span
     if not c.train_on_end_of_turn:
-        trained &= ~(covered & (cover_kind == END_OF_TURN))
+        trained &= ~(covered & (cover_tag == _tag(END_OF_TURN)))
     if real is not None:
         trained &= real
     if c.last_turn_only:
