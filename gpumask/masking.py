@@ -121,6 +121,38 @@ def prepare_layout(
     return real, seq_start
 
 
+# On the CPU, large batches are masked in blocks of rows of about this many tokens, so that
+# every intermediate stays in reused memory instead of fresh pages (no effect on the labels).
+CPU_BLOCK_TOKENS = 1 << 20
+
+
+def _in_row_blocks(run, input_ids, compiled, real, seq_start, uniforms, ignore_index, stats):
+    """`run` over blocks of whole rows on the CPU (one call elsewhere), results concatenated."""
+    batch, length = input_ids.shape
+    rows = max(1, CPU_BLOCK_TOKENS // length)
+    if input_ids.device.type != "cpu" or batch <= rows:
+        return run(input_ids, compiled, real, seq_start, uniforms, ignore_index, stats)
+
+    def block(x, start):
+        return None if x is None else x[start : start + rows]
+
+    parts = [
+        run(
+            block(input_ids, i),
+            compiled,
+            block(real, i),
+            block(seq_start, i),
+            block(uniforms, i),
+            ignore_index,
+            stats,
+        )
+        for i in range(0, batch, rows)
+    ]
+    if not stats:
+        return torch.cat([p[0] for p in parts]), None, None
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(3))
+
+
 def mask_labels(
     input_ids: torch.Tensor,
     spec: MaskSpec,
@@ -161,8 +193,8 @@ def mask_labels(
         from gpumask.triton_backend import mask_labels_triton as run
     else:
         run = mask_labels_torch
-    labels, trained, role_tokens = run(
-        input_ids, compiled, real, seq_start, uniforms, ignore_index, return_stats
+    labels, trained, role_tokens = _in_row_blocks(
+        run, input_ids, compiled, real, seq_start, uniforms, ignore_index, return_stats
     )
     if not return_stats:
         return labels

@@ -50,3 +50,29 @@ def test_batch_of_64_by_8192():
     ids = row.repeat(64, repeats)[:, :8192]
     labels = mask_labels(ids, spec())
     assert torch.equal(labels, torch.tensor([(expected * repeats)[:8192]] * 64))
+
+
+def test_cpu_row_blocks_give_the_same_labels_and_stats(monkeypatch):
+    chat = spec(
+        masked_spans=[([8], [9])],
+        last_turn_only=True,
+        ignore_token_ids=[100 + ord("a")],
+        ignore_token_prob=0.5,
+    )
+    row, _ = parse("@user q E nl @assistant a b E nl @assistant a <tr> x </tr> c E")
+    ids = row.repeat(7, 1)
+    ids[3, 4] = 6  # rows differ
+    mask = torch.ones_like(ids)
+    mask[5, :3] = 0
+    position_ids = torch.arange(ids.shape[1]).repeat(7, 1)
+    position_ids[:, 10:] -= 10
+    kwargs = dict(attention_mask=mask, position_ids=position_ids, return_stats=True)
+    whole, whole_stats = mask_labels(
+        ids, chat, generator=torch.Generator().manual_seed(3), **kwargs
+    )
+    monkeypatch.setattr("gpumask.masking.CPU_BLOCK_TOKENS", 2 * ids.shape[1])  # blocks of 2 rows
+    blocked, stats = mask_labels(ids, chat, generator=torch.Generator().manual_seed(3), **kwargs)
+    assert torch.equal(blocked, whole)
+    assert torch.equal(stats["trained"], whole_stats["trained"])
+    assert torch.equal(stats["role_tokens"], whole_stats["role_tokens"])
+    assert (whole != -100).any()
