@@ -61,6 +61,11 @@ class Marker:
     arg: int
     name: str  # e.g. "header of role 'assistant'", used in error messages and repr
 
+    @property
+    def word(self) -> int:
+        """The marker packed as the backends read it: `length | (kind + 1) << 8 | arg << 11`."""
+        return len(self.ids) | (self.kind + 1) << 8 | self.arg << 11
+
 
 @dataclasses.dataclass(frozen=True)
 class CompiledSpec:
@@ -69,14 +74,14 @@ class CompiledSpec:
     Markers are sorted longest first, so bit `m` of a match word is marker `m` and the lowest
     set bit of a word is the longest marker that matches there.
 
-    - `match_tables` `[K, V + 1]` int64: bit m of `match_tables[k, v]` is set when marker m
-      accepts token v at offset k (its k-th id is v, or it is shorter than k + 1). Column V
-      stands for every id that no marker uses, and for padding.
+    - `match_words` `[K, V + 1]` (int32 when the markers fit in 31 bits, else int64): bit m
+      of `match_words[k, v]` is set when marker m accepts token v at offset k (its k-th id
+      is v, or it is shorter than k + 1). Column V stands for every id that no marker uses,
+      and for padding.
     - `ids` `[M, K]` int64 (padded with -1), `lengths`, `kinds`, `args` `[M]` int64.
     - `length_ok` `[K + 1]` int64: bits of markers no longer than r, for r tokens left.
     - `train_role` `[R + 1]` bool: which role codes train (code R is "no role").
     - `ignore_ids` `[I]`: ids in `ignore_token_ids`.
-    - `match_words`: `match_tables` in int32 when the markers fit in 31 bits (else the same).
     - `token_class` `[V + 1]` int32: 1 + the rank of each id among the ids markers use, 0 for
       the others; `window_words` `[n_classes ** K]` int32 (None when larger than
       `MAX_WINDOW_TABLE`): the word (as in `key_words`) of the longest marker that starts a
@@ -88,7 +93,6 @@ class CompiledSpec:
       0 for keys that name no marker (key 0: nothing matches).
     """
 
-    match_tables: torch.Tensor
     ids: torch.Tensor
     lengths: torch.Tensor
     kinds: torch.Tensor
@@ -452,8 +456,7 @@ class MaskSpec:
         )
         key_words = torch.zeros(67, dtype=torch.int32)
         for bit, marker in enumerate(markers):
-            word = len(marker.ids) | (marker.kind + 1) << 8 | marker.arg << 11
-            key_words[(1 << bit) % 67] = word
+            key_words[(1 << bit) % 67] = marker.word
         words = tables.to(torch.int32) if len(markers) <= 31 else tables
         marker_tokens = sorted({i for m in markers for i in m.ids})
         token_class = torch.zeros(vocab + 1, dtype=torch.int32)
@@ -464,13 +467,12 @@ class MaskSpec:
             window_words = torch.zeros([n_classes] * max_len, dtype=torch.int32)
             for marker in reversed(markers):  # shortest first: the longest match is written last
                 prefix = tuple(marker_tokens.index(i) + 1 for i in marker.ids)
-                window_words[prefix] = len(marker.ids) | (marker.kind + 1) << 8 | marker.arg << 11
+                window_words[prefix] = marker.word
             window_words = window_words.flatten()
         initial = (
             len(role_names) if self._initial_role is None else role_names.index(self._initial_role)
         )
         return CompiledSpec(
-            match_tables=tables.to(device),
             ids=ids.to(device),
             lengths=torch.tensor([len(m.ids) for m in markers], dtype=torch.int64).to(device),
             kinds=torch.tensor([m.kind for m in markers], dtype=torch.int64).to(device),

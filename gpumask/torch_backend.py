@@ -3,19 +3,20 @@
 Every step is a whole-batch op of shape `[B, T]`, so it runs wherever the tensors are, with
 static shapes and no host-device synchronisation:
 
-1. Matching, with no `[B, T, M]` tensor: `match_words[k]` maps a token id to the bits of the
-   markers that accept it at offset k, so AND-ing `K` table look-ups (K = longest marker)
-   gives, per start, the bits of every marker that matches there. Markers are sorted longest
-   first, so the lowest set bit is the longest match: `x & -x` isolates it and `% 67` turns
-   it into a small key (2**m % 67 differs for every m < 64) that indexes `key_info`.
+1. Matching, with no `[B, T, M]` tensor: each token id maps to a small class (0 for ids no
+   marker uses); the classes of the K tokens from p on (K = longest marker), read as one
+   number, index `window_words`, which holds the word (length, kind, arg) of the longest
+   marker starting there. When that table would be too large, per-offset bitmask tables are
+   AND-ed instead and the lowest set bit (markers are sorted longest first) names the marker.
 2. Overlaps: a start is kept when it lies at or past the running maximum (`cummax`) of the
-   ends of every earlier match.
+   ends of every earlier match; skipped when the markers cannot overlap at all.
 3. State: "the last event at or before t", for the covering occurrence, the role and the
    span, is one `cummax` each over `position * 2**bits + code`: the maximum is the last
    event, and its low bits carry its code, so no gather is needed. With two or more span
    kinds the span state is a small automaton, composed by a log-depth scan.
 
-Positions are int32 (rows up to 2**24 tokens), which halves the memory traffic of the scans.
+Positions are int32 (rows up to 2**20 tokens; int64 beyond), which halves the memory traffic
+of the scans.
 """
 
 from __future__ import annotations

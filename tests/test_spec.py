@@ -70,7 +70,7 @@ def test_compile_is_cached_per_device():
     compiled = spec.compile("cpu")
     assert compiled.max_len == 2 and compiled.n_roles == 2
     # marker bit m at offset k: header [1, 2] and [1, 3] both accept id 1 first
-    assert compiled.match_tables[0, 1].item() == 0b011
+    assert compiled.match_words[0, 1].item() == 0b011
 
 
 def test_markers_are_sorted_longest_first():
