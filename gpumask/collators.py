@@ -47,10 +47,17 @@ class NoTrainedTokensWarning(UserWarning):
 # --- padding ------------------------------------------------------------------------------
 
 
-def _as_row(value: Any, where: str) -> np.ndarray:
-    """One example's token ids as a 1-D int64 array (from a list, numpy array or tensor)."""
+_TENSOR_ID_TYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _as_row(value: Any, index: int, key: str | None = None) -> np.ndarray:
+    """`examples[index][key]` (or `examples[index]`): token ids as a 1-D int64 array, from a
+    list, numpy array or tensor."""
     if isinstance(value, torch.Tensor):
+        if value.dim() == 1 and value.dtype in _TENSOR_ID_TYPES:  # the common case, quickly
+            return value.detach().cpu().numpy().astype(np.int64, copy=False)
         value = value.detach().cpu().numpy()
+    where = f"examples[{index}]" if key is None else f"examples[{index}][{key!r}]"
     try:
         row = np.asarray(value)
     except (TypeError, ValueError) as error:
@@ -74,30 +81,30 @@ def split_examples(examples: Sequence[Any]) -> tuple[list[np.ndarray], list[np.n
         raise TypeError(f"examples: expected a list of examples, got {type(examples).__name__}")
     if len(examples) == 0:
         raise ValueError("examples: empty batch")
-    if isinstance(examples[0], Mapping):
-        rows, masks = [], []
-        for i, example in enumerate(examples):
-            if not isinstance(example, Mapping) or "input_ids" not in example:
-                raise ValueError(
-                    f"examples[{i}]: expected a dict with 'input_ids', got "
-                    f"{type(example).__name__} with keys "
-                    f"{list(example) if isinstance(example, Mapping) else None}"
-                )
-            rows.append(_as_row(example["input_ids"], f"examples[{i}]['input_ids']"))
-            mask = example.get("attention_mask")
-            if mask is not None:
-                mask = _as_row(mask, f"examples[{i}]['attention_mask']")
-                if mask.shape != rows[-1].shape:
-                    raise ValueError(
-                        f"examples[{i}]['attention_mask']: length {mask.size} does "
-                        f"not match input_ids length {rows[-1].size}"
-                    )
-            masks.append(mask)
-        if all(m is None for m in masks):
-            return rows, None
-        return rows, [np.ones_like(r) if m is None else m for r, m in zip(rows, masks, strict=True)]
-    rows = [_as_row(example, f"examples[{i}]") for i, example in enumerate(examples)]
-    return rows, None
+    if not isinstance(examples[0], Mapping):
+        return [_as_row(example, i) for i, example in enumerate(examples)], None
+    for i, example in enumerate(examples):
+        if not isinstance(example, Mapping) or "input_ids" not in example:
+            raise ValueError(
+                f"examples[{i}]: expected a dict with 'input_ids', got "
+                f"{type(example).__name__} with keys "
+                f"{list(example) if isinstance(example, Mapping) else None}"
+            )
+    rows = [_as_row(example["input_ids"], i, "input_ids") for i, example in enumerate(examples)]
+    masks = [example.get("attention_mask") for example in examples]
+    if all(mask is None for mask in masks):
+        return rows, None
+    for i, mask in enumerate(masks):
+        if mask is None:
+            masks[i] = np.ones_like(rows[i])
+            continue
+        masks[i] = mask = _as_row(mask, i, "attention_mask")
+        if mask.shape != rows[i].shape:
+            raise ValueError(
+                f"examples[{i}]['attention_mask']: length {mask.size} does "
+                f"not match input_ids length {rows[i].size}"
+            )
+    return rows, masks
 
 
 def padded_length(lengths: Sequence[int], pad_to_multiple_of: int | None) -> int:
@@ -198,30 +205,27 @@ def untrained_reason(
 
 def mask_batch(
     input_ids: np.ndarray, attention_mask: np.ndarray, spec: MaskSpec, ignore_index: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels of a padded batch, and per-row token counts by role (`[B, R + 1]`), counted
-    only for rows without a trained token (the others are left 0): the rows that need a
-    reason, at no cost to the rows that train.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels of a padded batch, trained tokens per row (`[B]`), and per-row token counts by
+    role (`[B, R + 1]`, the last column for tokens in no role), to say why a row has no
+    trained token.
 
     Example::
 
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
         >>> ids = np.array([[1, 11, 5, 2], [1, 10, 5, 2]])
-        >>> labels, role_tokens = mask_batch(ids, np.ones_like(ids), spec, -100)
-        >>> labels.tolist(), role_tokens.tolist()
-        ([[-100, -100, 5, 2], [-100, -100, -100, -100]], [[0, 0, 0], [4, 0, 0]])
+        >>> labels, trained, role_tokens = mask_batch(ids, np.ones_like(ids), spec, -100)
+        >>> labels.tolist(), trained.tolist(), role_tokens.tolist()
+        ([[-100, -100, 5, 2], [-100, -100, -100, -100]], [2, 0], [[0, 4, 0], [4, 0, 0]])
     """
-    ids, mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
-    labels = mask_labels(ids, spec, attention_mask=mask, ignore_index=ignore_index).numpy()
-    role_tokens = np.zeros((len(labels), len(spec.role_names) + 1), dtype=np.int64)
-    untrained = np.flatnonzero((labels == ignore_index).all(1))
-    if untrained.size:
-        rows = torch.from_numpy(untrained)
-        _, stats = mask_labels(
-            ids[rows], spec, attention_mask=mask[rows], ignore_index=ignore_index, return_stats=True
-        )
-        role_tokens[untrained] = stats["role_tokens"].numpy()
-    return labels, role_tokens
+    labels, stats = mask_labels(
+        torch.from_numpy(input_ids),
+        spec,
+        attention_mask=torch.from_numpy(attention_mask),
+        ignore_index=ignore_index,
+        return_stats=True,
+    )
+    return labels.numpy(), stats["trained"].numpy(), stats["role_tokens"].numpy()
 
 
 def warn_untrained(who: str, n_rows: int, reasons: dict[int, str], stacklevel: int = 4) -> None:
@@ -354,25 +358,24 @@ class CompletionCollator:
             attention_mask, _ = pad_rows(masks, length, 0, self.padding_side)
         labels = None
         if self.mask_on == "batch":
-            labels, role_tokens = mask_batch(
+            labels, trained, role_tokens = mask_batch(
                 input_ids, attention_mask, self.spec, self.ignore_index
             )
             if self.padding_free:  # the first token of each sequence follows another sequence
                 labels[keep & (keep.cumsum(1) == 1)] = self.ignore_index
+                trained = (labels != self.ignore_index).sum(1)
             if self.warn:
-                real = keep & (attention_mask != 0)
-                self._report(input_ids, real, labels, role_tokens, original)
+                self._report(input_ids, keep, attention_mask, trained, role_tokens, original)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {k: torch.from_numpy(v) for k, v in batch.items() if v is not None}
 
-    def _report(self, input_ids, real, labels, role_tokens, original) -> None:
-        trained = (labels != self.ignore_index).sum(1)
+    def _report(self, input_ids, keep, attention_mask, trained, role_tokens, original) -> None:
         reasons = {
             i: untrained_reason(
                 self.spec,
-                input_ids[i][real[i]].tolist(),
+                input_ids[i][keep[i] & (attention_mask[i] != 0)].tolist(),
                 role_tokens[i].tolist(),
                 None if original is None else original[i],
                 self.max_length,
@@ -380,7 +383,7 @@ class CompletionCollator:
             )
             for i in np.flatnonzero(trained == 0).tolist()
         }
-        warn_untrained("CompletionCollator", labels.shape[0], reasons)
+        warn_untrained("CompletionCollator", len(trained), reasons)
 
     def _flatten(self, input_ids, keep, labels) -> dict[str, Any]:
         lengths = keep.sum(1)

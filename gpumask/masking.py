@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 
 import torch
@@ -24,6 +25,12 @@ _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint
 
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
+
+
+def eager_on_cpu(input_ids: torch.Tensor) -> bool:
+    """CPU tensors outside torch.compile: where data-dependent shapes cost nothing, so the
+    torch backend may skip the runs of plain tokens."""
+    return input_ids.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _check_companion(name: str, value, input_ids: torch.Tensor, *, bool_ok: bool) -> None:
@@ -191,6 +198,8 @@ def mask_labels(
         backend = "triton" if input_ids.is_cuda and _triton_available() else "torch"
     if backend == "triton":
         from gpumask.triton_backend import mask_labels_triton as run
+    elif eager_on_cpu(input_ids):
+        run = functools.partial(mask_labels_torch, skip_plain_runs=True)
     else:
         run = mask_labels_torch
     labels, trained, role_tokens = _in_row_blocks(

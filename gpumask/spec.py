@@ -86,6 +86,9 @@ class CompiledSpec:
       the others; `window_words` `[n_classes ** K]` int32 (None when larger than
       `MAX_WINDOW_TABLE`): the word (as in `key_words`) of the longest marker that starts a
       window of K token classes, indexed by `sum(class[p + k] * n_classes ** (K - 1 - k))`.
+    - `marker_token` `[V + 2]` bool, shifted by one: `marker_token[v + 1]` is whether some
+      marker uses id v (index 0 stands for negative ids, V + 1 for ids >= V), so ids need
+      one clamp and no fix-up before an `index_select`.
     - `can_overlap`: whether two occurrences can overlap at all (a marker starting inside
       another's span); when not, every match is kept.
     - `key_words` `[67]` int32, indexed by `key = lowest set bit % 67` (2**m % 67 is
@@ -112,6 +115,7 @@ class CompiledSpec:
     train_role_bits: int  # bit r set when role code r trains
     token_class: torch.Tensor
     n_classes: int
+    marker_token: torch.Tensor
     window_words: torch.Tensor | None
     can_overlap: bool
 
@@ -462,6 +466,7 @@ class MaskSpec:
         token_class = torch.zeros(vocab + 1, dtype=torch.int32)
         token_class[marker_tokens] = torch.arange(1, len(marker_tokens) + 1, dtype=torch.int32)
         n_classes = len(marker_tokens) + 1
+        no = torch.zeros(1, dtype=torch.bool)
         window_words = None
         if n_classes**max_len <= MAX_WINDOW_TABLE:
             window_words = torch.zeros([n_classes] * max_len, dtype=torch.int32)
@@ -491,6 +496,7 @@ class MaskSpec:
             key_words=key_words.to(device),
             token_class=token_class.to(device),
             n_classes=n_classes,
+            marker_token=torch.cat([no, token_class[:vocab] != 0, no]).to(device),
             window_words=None if window_words is None else window_words.to(device),
             can_overlap=_can_overlap(markers),
             train_role_bits=sum(

@@ -112,26 +112,118 @@ def mask_labels_torch(
     uniforms: torch.Tensor | None,
     ignore_index: int,
     with_stats: bool,
+    skip_plain_runs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Labels `[B, T]`, and when `with_stats` trained counts `[B]` and role counts `[B, R+1]`.
 
     `real` (bool `[B, T]`, None: all real) marks real tokens; `seq_start` (bool `[B, T]`,
     None: only t = 0) marks where packed sequences start; `uniforms` are the draws of rule 7.
-    Called by :func:`gpumask.mask_labels`, which validates and prepares these.
+    `skip_plain_runs` runs the rules on the marker tokens and one token of each run of plain
+    tokens only (see :func:`_on_marker_runs`): fewer tokens, but data-dependent shapes, so
+    for eager CPU calls. Called by :func:`gpumask.mask_labels`, which validates and prepares
+    these.
     """
     c = compiled
     batch, length = input_ids.shape
-    device = input_ids.device
+    role_tokens = None
+    if skip_plain_runs:
+        trained, role_tokens = _on_marker_runs(input_ids, c, real, seq_start, with_stats)
+    else:
+        vocab = c.match_words.shape[1] - 1
+        ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: no marker uses it
+        if real is not None:
+            ids = ids.masked_fill(~real, vocab)
+        trained, role = _trained_and_role(ids, c, seq_start)
+        if real is not None:
+            trained &= real
+        if with_stats:
+            counted = torch.ones_like(role, dtype=torch.int64) if real is None else real.long()
+            role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=role.device)
+            role_tokens.scatter_add_(1, role.long(), counted)
+    if c.ignore_ids.numel() and c.ignore_token_prob > 0.0:
+        drop = torch.isin(input_ids, c.ignore_ids.to(input_ids.dtype))
+        if uniforms is not None:
+            drop &= uniforms < c.ignore_token_prob
+        trained &= ~drop
+
+    labels = torch.where(trained, input_ids, ignore_index)
+    if not with_stats:
+        return labels, None, None
+    return labels, trained.sum(dim=1), role_tokens
+
+
+def _on_marker_runs(
+    input_ids: torch.Tensor,
+    c: CompiledSpec,
+    real: torch.Tensor | None,
+    seq_start: torch.Tensor | None,
+    with_stats: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(trained, role counts or None): :func:`_trained_and_role` on a shorter sequence, the
+    marker tokens (real tokens whose id some marker uses), and of each run of other tokens
+    its first token only, which stands for the run.
+
+    Nothing happens inside such a plain run: no marker starts, covers or ends there, so every
+    token of it gets the state of its first token (runs are cut where padding starts or ends,
+    so a run is all real or all padding). Marker tokens keep their order and adjacency (a gap
+    always follows a plain token), so matching, overlaps and coverage read the same on the
+    kept tokens, taken as packed sequences (one per row, or per packed sequence). The result
+    is spread back over the runs with one gather; with `with_stats`, the role counts
+    `[B, R + 1]` are summed over the runs. With markers `[1, 11]` and `[2]`, the row
+    `1 11 5 6 7 2 8 9` is computed on `1 11 5 2 8`: `5` stands for `5 6 7`, `8` for `8 9`.
+
+    About 8 passes over the `[B, T]` batch instead of some 40; the kept tokens are data
+    dependent, so this is for eager calls on the CPU.
+    """
+    batch, length = input_ids.shape
+    vocab = c.marker_token.shape[0] - 2
+    flat = input_ids.reshape(-1)
+    marker = c.marker_token.index_select(0, (flat + 1).clamp_(0, vocab + 1)).view(batch, length)
+    keep = marker.clone()
+    keep[:, 1:] |= marker[:, :-1]
+    if real is not None:  # runs are all real or all padding, and markers are real
+        marker &= real
+        keep[:, 1:] |= real[:, 1:] ^ real[:, :-1]
+    keep[:, 0] = True
+    if seq_start is not None:
+        keep |= seq_start
+    keep = keep.view(-1)
+    kept = keep.nonzero().squeeze(1)
+    ids = torch.where(marker.view(-1)[kept], flat[kept].long(), vocab)
+    starts = kept % length == 0
+    if seq_start is not None:
+        starts |= seq_start.reshape(-1)[kept]
+    trained, role = _trained_and_role(ids[None], c, starts[None])
+    trained, role = trained[0], role[0]
+    if real is not None:
+        trained &= real.reshape(-1)[kept]
+    # run[t]: 1 + the index of the kept token that stands for t; index 0 is never read.
+    run = torch.cumsum(keep, 0, dtype=torch.int32 if keep.numel() < 2**31 else torch.int64)
+    trained_all = F.pad(trained, (1, 0)).index_select(0, run).view(batch, length)
+    if not with_stats:
+        return trained_all, None
+    counts = F.pad(kept[1:], (0, 1), value=flat.numel()) - kept  # tokens in each run
+    if real is not None:
+        counts *= real.reshape(-1)[kept]
+    role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=input_ids.device)
+    role_tokens.index_put_((kept // length, role.long()), counts, accumulate=True)
+    return trained_all, role_tokens
+
+
+def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tensor | None):
+    """(trained, role): whether each token trains by rules 1-6 (real tokens and rule 7 are
+    left to the caller), and the role code of each token (`n_roles` for none).
+
+    `ids` are clamped to [-1, vocab], with `vocab` at tokens that are not real.
+    """
+    batch, length = ids.shape
+    device = ids.device
     index_type = torch.int32 if length < 2 ** (31 - COVER_BITS) else torch.int64
     positions = torch.arange(length, dtype=index_type, device=device)
-    vocab = c.match_words.shape[1] - 1
     role_bits = max(c.n_roles.bit_length(), 1)
     train_bits = c.train_role_bits
 
     # 1. Matching: the word (length, kind, arg) of the longest marker matching at each start.
-    ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: "no marker uses it"
-    if real is not None:
-        ids = ids.masked_fill(~real, vocab)
     seq_end = tokens_left = None
     packed = seq_start is not None
     if not packed:
@@ -202,8 +294,6 @@ def mask_labels_torch(
         trained &= ~in_span
     if not c.train_on_end_of_turn:
         trained &= ~(covered & (cover_tag == _tag(END_OF_TURN)))
-    if real is not None:
-        trained &= real
     if c.last_turn_only:
         turn_start = (header_start & ((train_bits >> arg) & 1).bool()) | (
             seq_start & bool(train_bits >> c.initial_role & 1)
@@ -211,18 +301,4 @@ def mask_labels_torch(
         turn = torch.cumsum(turn_start.to(index_type), dim=1)
         last_turn = turn[:, -1:] if seq_end is None else turn.gather(1, seq_end.long() - 1)
         trained &= turn == last_turn
-    if c.ignore_ids.numel() and c.ignore_token_prob > 0.0:
-        drop = torch.isin(input_ids, c.ignore_ids.to(input_ids.dtype))
-        if uniforms is not None:
-            drop &= uniforms < c.ignore_token_prob
-        trained &= ~drop
-
-    labels = torch.where(trained, input_ids, ignore_index)
-    if not with_stats:
-        return labels, None, None
-    counted = torch.ones(batch, length, dtype=torch.int64, device=device)
-    if real is not None:
-        counted = real.long()
-    role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=device)
-    role_tokens.scatter_add_(1, role.long(), counted)
-    return labels, trained.sum(dim=1), role_tokens
+    return trained, role

@@ -208,8 +208,10 @@ class DataCollatorForCompletionOnlyLM:
             attention_mask = keep.astype(np.int64)
         else:
             attention_mask, _ = pad_rows(masks, length, 0, padding_side)
-        labels, role_tokens = mask_batch(input_ids, attention_mask, self.spec, self.ignore_index)
-        self._report(labels, role_tokens)
+        labels, trained, role_tokens = mask_batch(
+            input_ids, attention_mask, self.spec, self.ignore_index
+        )
+        self._report(trained, role_tokens)
         if not self.padding_free:
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
             return {k: torch.from_numpy(v) for k, v in batch.items()}
@@ -231,8 +233,7 @@ class DataCollatorForCompletionOnlyLM:
             "max_length_q": max_length,
         }
 
-    def _report(self, labels: np.ndarray, role_tokens: np.ndarray) -> None:
-        trained = (labels != self.ignore_index).sum(1)
+    def _report(self, trained: np.ndarray, role_tokens: np.ndarray) -> None:
         rows = np.flatnonzero(trained == 0).tolist()
         if not rows:
             return
@@ -251,7 +252,7 @@ class DataCollatorForCompletionOnlyLM:
                     "no reply: every response template is at the end of the row or "
                     "followed at once by an instruction template"
                 )
-        warn_untrained("DataCollatorForCompletionOnlyLM", labels.shape[0], reasons, stacklevel=5)
+        warn_untrained("DataCollatorForCompletionOnlyLM", len(trained), reasons, stacklevel=5)
 
 
 def _is_ids(value: Any) -> bool:

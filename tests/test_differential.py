@@ -1,4 +1,8 @@
-"""The torch backend against the reference oracle on random formats, streams and layouts."""
+"""The torch backend against the reference oracle on random formats, streams and layouts.
+
+Eager CPU calls skip the runs of plain tokens (`skip_plain_runs`); compiled and GPU calls run
+every token. Both ways are checked here on the CPU.
+"""
 
 from unittest import mock
 
@@ -39,6 +43,23 @@ def test_torch_backend_matches_oracle(case):
 @given(masking_cases(max_batch=2, max_length=300))
 def test_torch_backend_matches_oracle_on_longer_rows(case):
     assert_same(*run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k)))
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(masking_cases())
+def test_torch_backend_on_every_token_matches_oracle(case):
+    # As under torch.compile or on a GPU: no skipping of plain runs.
+    with mock.patch("gpumask.masking.eager_on_cpu", return_value=False):
+        got = run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k))
+    assert_same(*got)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(masking_cases(max_batch=2, max_length=300))
+def test_torch_backend_on_every_token_matches_oracle_on_longer_rows(case):
+    with mock.patch("gpumask.masking.eager_on_cpu", return_value=False):
+        got = run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k))
+    assert_same(*got)
 
 
 @settings(max_examples=500, deadline=None, derandomize=True)

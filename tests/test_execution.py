@@ -76,3 +76,29 @@ def test_cpu_row_blocks_give_the_same_labels_and_stats(monkeypatch):
     assert torch.equal(stats["trained"], whole_stats["trained"])
     assert torch.equal(stats["role_tokens"], whole_stats["role_tokens"])
     assert (whole != -100).any()
+
+
+def test_eager_cpu_calls_skip_plain_runs_and_compiled_calls_do_not():
+    from unittest import mock
+
+    from gpumask import torch_backend
+
+    chat = spec(masked_spans=[([8], [9])])
+    first, expected_first = parse("@user q r s E nl @assistant *a *b <tr> x y </tr> *c *E nl")
+    second, expected_second = parse("@user q E nl @assistant *a *E")
+    width = first.shape[1]
+    ids = torch.zeros(2, width, dtype=torch.int64)
+    ids[0], ids[1, : second.shape[1]] = first[0], second[0]
+    mask = (torch.arange(width) < torch.tensor([[width], [second.shape[1]]])).long()
+    expected = [expected_first, expected_second + [-100] * (width - second.shape[1])]
+
+    with mock.patch.object(
+        torch_backend, "_on_marker_runs", wraps=torch_backend._on_marker_runs
+    ) as skipping:
+        assert mask_labels(ids, chat, attention_mask=mask).tolist() == expected
+        assert skipping.call_count == 1
+        compiled = torch.compile(
+            lambda x, m: mask_labels(x, chat, attention_mask=m), fullgraph=True, backend="eager"
+        )
+        assert compiled(ids, mask).tolist() == expected
+        assert skipping.call_count == 1
