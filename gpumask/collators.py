@@ -208,7 +208,7 @@ def mask_batch(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels of a padded batch, trained tokens per row (`[B]`), and per-row token counts by
     role (`[B, R + 1]`, the last column for tokens in no role), to say why a row has no
-    trained token.
+    trained token. `attention_mask` is nonzero (or True: no conversion) at real tokens.
 
     Example::
 
@@ -359,7 +359,7 @@ class CompletionCollator:
         labels = None
         if self.mask_on == "batch":
             labels, trained, role_tokens = mask_batch(
-                input_ids, attention_mask, self.spec, self.ignore_index
+                input_ids, keep if masks is None else attention_mask, self.spec, self.ignore_index
             )
             if self.padding_free:  # the first token of each sequence follows another sequence
                 labels[keep & (keep.cumsum(1) == 1)] = self.ignore_index

@@ -112,7 +112,9 @@ def prepare_layout(
 
     None stands for "all real" and "one sequence per row", so the common case costs nothing.
     """
-    real = None if attention_mask is None else attention_mask != 0
+    real = attention_mask
+    if attention_mask is not None and attention_mask.dtype != torch.bool:
+        real = attention_mask != 0
     seq_start = None
     if position_ids is not None:
         seq_start = position_ids == 0

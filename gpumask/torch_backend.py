@@ -73,34 +73,35 @@ def _span_automaton(
     return f[..., 0]
 
 
-def _match_by_window(ids: torch.Tensor, c: CompiledSpec, tokens_left) -> torch.Tensor:
+def _match_by_window(ids: torch.Tensor, c: CompiledSpec, starts) -> torch.Tensor:
     """Word of the longest marker at each start: the K token classes from p on, read as one
-    number in base `n_classes`, index `window_words`. Classes past the end of a packed
-    sequence read as 0 ("no marker uses it")."""
+    number in base `n_classes`, index `window_words`. `starts` (None: only t = 0) marks
+    where packed sequences start: read from an earlier window, the class there is 0 ("no
+    marker uses it"), so no match runs across, as none runs past the end (padded with 0)."""
     classes = torch.take(c.token_class, ids)
     code = classes
     if c.max_len > 1:
         length = ids.shape[1]
-        padded = F.pad(classes, (0, c.max_len - 1), value=0)
+        later = classes if starts is None else classes.masked_fill(starts, 0)
+        padded = F.pad(later, (0, c.max_len - 1), value=0)
         for k in range(1, c.max_len):
-            later = padded[:, k : k + length]
-            if tokens_left is not None:
-                later = later.masked_fill(tokens_left <= k, 0)
-            code = code * c.n_classes + later
+            code = code * c.n_classes + padded[:, k : k + length]
     return torch.take(c.window_words, code.long())
 
 
-def _match_by_bits(ids: torch.Tensor, c: CompiledSpec, tokens_left) -> torch.Tensor:
+def _match_by_bits(ids: torch.Tensor, c: CompiledSpec, starts) -> torch.Tensor:
     """Word of the longest marker at each start, for specs whose window table would be too
-    large: AND the per-offset bitmasks, isolate the lowest bit (the longest marker)."""
+    large: AND the per-offset bitmasks, isolate the lowest bit (the longest marker). Ids at
+    packed sequence starts (`starts`) and past the end read as `vocab` from an earlier
+    window: only markers shorter than the offset accept it."""
     hits = torch.take(c.match_words[0], ids)
     if c.max_len > 1:
         length = ids.shape[1]
-        padded = F.pad(ids, (0, c.max_len - 1), value=c.match_words.shape[1] - 1)
+        vocab = c.match_words.shape[1] - 1
+        later = ids if starts is None else ids.masked_fill(starts, vocab)
+        padded = F.pad(later, (0, c.max_len - 1), value=vocab)
         for k in range(1, c.max_len):
             hits &= torch.take(c.match_words[k], padded[:, k : k + length])
-    if tokens_left is not None:
-        hits &= c.length_ok.to(hits.dtype)[tokens_left]
     return torch.take(c.key_words, ((hits & -hits) % 67).long())
 
 
@@ -125,9 +126,11 @@ def mask_labels_torch(
     """
     c = compiled
     batch, length = input_ids.shape
-    role_tokens = None
+    trained_counts = role_tokens = None
     if skip_plain_runs:
-        trained, role_tokens = _on_marker_runs(input_ids, c, real, seq_start, with_stats)
+        trained, trained_counts, role_tokens = _on_marker_runs(
+            input_ids, c, real, seq_start, with_stats
+        )
     else:
         vocab = c.match_words.shape[1] - 1
         ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: no marker uses it
@@ -145,11 +148,14 @@ def mask_labels_torch(
         if uniforms is not None:
             drop &= uniforms < c.ignore_token_prob
         trained &= ~drop
+        trained_counts = None  # counted before the drops
 
     labels = torch.where(trained, input_ids, ignore_index)
     if not with_stats:
         return labels, None, None
-    return labels, trained.sum(dim=1), role_tokens
+    if trained_counts is None:
+        trained_counts = trained.sum(dim=1)
+    return labels, trained_counts, role_tokens
 
 
 def _on_marker_runs(
@@ -158,8 +164,9 @@ def _on_marker_runs(
     real: torch.Tensor | None,
     seq_start: torch.Tensor | None,
     with_stats: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(trained, role counts or None): :func:`_trained_and_role` on a shorter sequence, the
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(trained, and with `with_stats` trained counts `[B]` and role counts `[B, R + 1]`):
+    :func:`_trained_and_role` on a shorter sequence, the
     marker tokens (real tokens whose id some marker uses), and of each run of other tokens
     its first token only, which stands for the run.
 
@@ -168,8 +175,8 @@ def _on_marker_runs(
     so a run is all real or all padding). Marker tokens keep their order and adjacency (a gap
     always follows a plain token), so matching, overlaps and coverage read the same on the
     kept tokens, taken as packed sequences (one per row, or per packed sequence). The result
-    is spread back over the runs with one gather; with `with_stats`, the role counts
-    `[B, R + 1]` are summed over the runs. With markers `[1, 11]` and `[2]`, the row
+    is spread back over the runs with one gather, and the counts are summed over the runs.
+    With markers `[1, 11]` and `[2]`, the row
     `1 11 5 6 7 2 8 9` is computed on `1 11 5 2 8`: `5` stands for `5 6 7`, `8` for `8 9`.
 
     About 8 passes over the `[B, T]` batch instead of some 40; the kept tokens are data
@@ -201,13 +208,16 @@ def _on_marker_runs(
     run = torch.cumsum(keep, 0, dtype=torch.int32 if keep.numel() < 2**31 else torch.int64)
     trained_all = F.pad(trained, (1, 0)).index_select(0, run).view(batch, length)
     if not with_stats:
-        return trained_all, None
+        return trained_all, None, None
     counts = F.pad(kept[1:], (0, 1), value=flat.numel()) - kept  # tokens in each run
     if real is not None:
         counts *= real.reshape(-1)[kept]
+    row = kept // length
+    trained_counts = torch.zeros(batch, dtype=torch.int64, device=input_ids.device)
+    trained_counts.index_put_((row,), counts * trained, accumulate=True)
     role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=input_ids.device)
-    role_tokens.index_put_((kept // length, role.long()), counts, accumulate=True)
-    return trained_all, role_tokens
+    role_tokens.index_put_((row, role.long()), counts, accumulate=True)
+    return trained_all, trained_counts, role_tokens
 
 
 def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tensor | None):
@@ -224,20 +234,13 @@ def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tenso
     train_bits = c.train_role_bits
 
     # 1. Matching: the word (length, kind, arg) of the longest marker matching at each start.
-    seq_end = tokens_left = None
+    match = _match_by_window if c.window_words is not None else _match_by_bits
+    word = match(ids, c, seq_start)
     packed = seq_start is not None
-    if not packed:
-        seq_start = (positions == 0).expand(batch, length)
-    else:
+    if packed:
         seq_start = seq_start | (positions == 0)
-        starts_at = torch.where(seq_start, positions, length)
-        next_start = torch.flip(torch.cummin(torch.flip(starts_at, [1]), dim=1).values, [1])
-        seq_end = F.pad(next_start[:, 1:], (0, 1), value=length)  # first position after
-        tokens_left = (seq_end - positions).clamp(max=c.max_len)
-    if c.window_words is not None:
-        word = _match_by_window(ids, c, tokens_left)
     else:
-        word = _match_by_bits(ids, c, tokens_left)
+        seq_start = (positions == 0).expand(batch, length)
     word = word.to(index_type)
 
     # 2. Overlaps: keep a start at or past every earlier match's end.
@@ -299,6 +302,11 @@ def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tenso
             seq_start & bool(train_bits >> c.initial_role & 1)
         )
         turn = torch.cumsum(turn_start.to(index_type), dim=1)
-        last_turn = turn[:, -1:] if seq_end is None else turn.gather(1, seq_end.long() - 1)
+        if packed:  # the count at the last token of each sequence
+            starts_at = torch.where(seq_start, positions, length)
+            next_start = torch.flip(torch.cummin(torch.flip(starts_at, [1]), dim=1).values, [1])
+            last_turn = turn.gather(1, F.pad(next_start[:, 1:], (0, 1), value=length).long() - 1)
+        else:
+            last_turn = turn[:, -1:]
         trained &= turn == last_turn
     return trained, role

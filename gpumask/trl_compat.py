@@ -209,7 +209,7 @@ class DataCollatorForCompletionOnlyLM:
         else:
             attention_mask, _ = pad_rows(masks, length, 0, padding_side)
         labels, trained, role_tokens = mask_batch(
-            input_ids, attention_mask, self.spec, self.ignore_index
+            input_ids, keep if masks is None else attention_mask, self.spec, self.ignore_index
         )
         self._report(trained, role_tokens)
         if not self.padding_free:
