@@ -50,12 +50,16 @@ class NoTrainedTokensWarning(UserWarning):
 _TENSOR_ID_TYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
-def _as_row(value: Any, index: int, key: str | None = None) -> np.ndarray:
+Row = np.ndarray | torch.Tensor  # 1-D, integer
+
+
+def _as_row(value: Any, index: int, key: str | None = None) -> Row:
     """`examples[index][key]` (or `examples[index]`): token ids as a 1-D int64 array, from a
-    list, numpy array or tensor."""
+    list or numpy array; a 1-D integer tensor is kept as it is (:func:`pad_rows` joins
+    tensors in one `torch.cat`)."""
     if isinstance(value, torch.Tensor):
-        if value.dim() == 1 and value.dtype in _TENSOR_ID_TYPES:  # the common case, quickly
-            return value.detach().cpu().numpy().astype(np.int64, copy=False)
+        if value.dim() == 1 and value.dtype in _TENSOR_ID_TYPES:  # (never requires grad)
+            return value
         value = value.detach().cpu().numpy()
     where = f"examples[{index}]" if key is None else f"examples[{index}][{key!r}]"
     try:
@@ -75,7 +79,7 @@ def _as_row(value: Any, index: int, key: str | None = None) -> np.ndarray:
     return row.astype(np.int64, copy=False)
 
 
-def split_examples(examples: Sequence[Any]) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+def split_examples(examples: Sequence[Any]) -> tuple[list[Row], list[Row] | None]:
     """(input_ids rows, attention_mask rows or None) from dicts or bare id sequences."""
     if isinstance(examples, Mapping) or isinstance(examples, str | bytes):
         raise TypeError(f"examples: expected a list of examples, got {type(examples).__name__}")
@@ -96,13 +100,13 @@ def split_examples(examples: Sequence[Any]) -> tuple[list[np.ndarray], list[np.n
         return rows, None
     for i, mask in enumerate(masks):
         if mask is None:
-            masks[i] = np.ones_like(rows[i])
+            masks[i] = np.ones(rows[i].shape[0], dtype=np.int64)
             continue
         masks[i] = mask = _as_row(mask, i, "attention_mask")
-        if mask.shape != rows[i].shape:
+        if mask.shape[0] != rows[i].shape[0]:
             raise ValueError(
-                f"examples[{i}]['attention_mask']: length {mask.size} does "
-                f"not match input_ids length {rows[i].size}"
+                f"examples[{i}]['attention_mask']: length {mask.shape[0]} does "
+                f"not match input_ids length {rows[i].shape[0]}"
             )
     return rows, masks
 
@@ -115,22 +119,35 @@ def padded_length(lengths: Sequence[int], pad_to_multiple_of: int | None) -> int
     return length
 
 
+def row_lengths(rows: Sequence[Row]) -> list[int]:
+    return [row.shape[0] for row in rows]
+
+
+def _concatenate(rows: Sequence[Row]) -> np.ndarray:
+    """The rows end to end, int64: one `torch.cat` when they are all tensors."""
+    if all(isinstance(row, torch.Tensor) for row in rows):
+        return torch.cat([row.cpu() for row in rows]).numpy().astype(np.int64, copy=False)
+    return np.concatenate(
+        [row.cpu().numpy() if isinstance(row, torch.Tensor) else row for row in rows]
+    ).astype(np.int64, copy=False)
+
+
 def pad_rows(
-    rows: Sequence[np.ndarray], length: int, fill: int, padding_side: str
+    rows: Sequence[Row], length: int, fill: int, padding_side: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(`[B, length]` int64 array of `rows` padded with `fill`, bool mask of the row tokens).
 
     One concatenation and one masked fill for the whole batch, in numpy (which, unlike torch's
     threaded CPU kernels, costs the same on a busy machine); no per-row writes.
     """
-    lengths = np.array([row.size for row in rows], dtype=np.int64)
+    lengths = np.array(row_lengths(rows), dtype=np.int64)
     positions = np.arange(length)
     if padding_side == "left":
         keep = positions[None, :] >= (length - lengths)[:, None]
     else:
         keep = positions[None, :] < lengths[:, None]
     out = np.full((len(rows), length), fill, dtype=np.int64)
-    out[keep] = np.concatenate(rows)
+    out[keep] = _concatenate(rows)
     return out, keep
 
 
@@ -335,20 +352,20 @@ class CompletionCollator:
         )
 
     def _truncate(self, rows: list[np.ndarray], masks: list[np.ndarray] | None):
-        original = [row.size for row in rows]
+        original = row_lengths(rows)
         limit = self.max_length
         if limit is None or max(original) <= limit:
             return rows, masks, None
         cut = slice(-limit, None) if self.truncation_side == "left" else slice(0, limit)
-        rows = [row[cut] if row.size > limit else row for row in rows]
+        rows = [row[cut] if row.shape[0] > limit else row for row in rows]
         if masks is not None:
-            masks = [mask[cut] if mask.size > limit else mask for mask in masks]
+            masks = [mask[cut] if mask.shape[0] > limit else mask for mask in masks]
         return rows, masks, original
 
     def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         rows, masks = split_examples(examples)
         rows, masks, original = self._truncate(rows, masks)
-        length = padded_length([row.size for row in rows], self.pad_to_multiple_of)
+        length = padded_length(row_lengths(rows), self.pad_to_multiple_of)
         if length == 0:
             raise ValueError("examples: every row is empty")
         input_ids, keep = pad_rows(rows, length, self.pad_token_id, self.padding_side)

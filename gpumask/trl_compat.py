@@ -54,6 +54,7 @@ from gpumask.collators import (
     mask_batch,
     pad_rows,
     padded_length,
+    row_lengths,
     split_examples,
     warn_untrained,
 )
@@ -194,7 +195,7 @@ class DataCollatorForCompletionOnlyLM:
     def torch_call(self, examples: Sequence[Any]) -> dict[str, Any]:
         """The batch for `examples` (dicts with `input_ids`, or bare id sequences)."""
         rows, masks = split_examples(examples)
-        lengths = [row.size for row in rows]
+        lengths = row_lengths(rows)
         length = padded_length(lengths, self.pad_to_multiple_of)
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None and any(n != length for n in lengths):

@@ -80,6 +80,24 @@ def test_lists_numpy_arrays_and_tensors_give_the_same_batch(convert):
             assert torch.equal(batch[key], expected[key]), key
 
 
+def test_tensors_of_several_dtypes_lists_and_tensor_masks_mix_in_one_batch():
+    examples = [
+        {
+            "input_ids": torch.tensor(ROW, dtype=torch.int32),
+            "attention_mask": torch.tensor([1] * 12 + [0, 0]),
+        },
+        {"input_ids": SHORT},
+        {"input_ids": torch.tensor(SHORT, dtype=torch.uint8)},
+    ]
+    collate = CompletionCollator(tokenizer(padding_side="left"), SPEC, max_length=13)
+    batch = collate(examples)
+    assert batch["input_ids"].tolist() == [ROW[:13], [0] * 8 + SHORT, [0] * 8 + SHORT]
+    assert batch["attention_mask"].tolist() == [[1] * 12 + [0], [0] * 8 + [1] * 5] + [
+        [0] * 8 + [1] * 5
+    ]
+    assert batch["labels"].tolist() == [[X] * 10 + [30, 31, X]] + [[X] * 8 + SHORT_LABELS] * 2
+
+
 def test_given_attention_mask_is_padded_and_masks_tokens():
     examples = [
         {"input_ids": ROW, "attention_mask": [1] * 12 + [0, 0]},

@@ -143,6 +143,8 @@ def test_same_batches_as_trl_where_trl_is_right(name, fmt, pad, system_always, m
         examples = [dict(enc) for enc, _ in picked]
         if not free and rng.random() < 0.25:
             examples = [enc["input_ids"] for enc in examples]  # bare id lists
+        elif rng.random() < 0.4:  # tensors, as from a dataset with format "torch"
+            examples = [{k: torch.tensor(v) for k, v in enc.items()} for enc in examples]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected = trl(examples)
