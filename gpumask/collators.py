@@ -124,9 +124,9 @@ def row_lengths(rows: Sequence[Row]) -> list[int]:
 
 
 def _concatenate(rows: Sequence[Row]) -> np.ndarray:
-    """The rows end to end, int64: one `torch.cat` when they are all tensors."""
-    if all(isinstance(row, torch.Tensor) for row in rows):
-        return torch.cat([row.cpu() for row in rows]).numpy().astype(np.int64, copy=False)
+    """The rows end to end, int64: one `torch.cat` when they are all CPU tensors."""
+    if all(isinstance(row, torch.Tensor) and row.is_cpu for row in rows):
+        return torch.cat(list(rows)).numpy().astype(np.int64, copy=False)
     return np.concatenate(
         [row.cpu().numpy() if isinstance(row, torch.Tensor) else row for row in rows]
     ).astype(np.int64, copy=False)
