@@ -175,9 +175,11 @@ def mask_labels(
 ):
     """Completion-only labels for `input_ids` `[B, T]`, by the rules of :mod:`gpumask.reference`.
 
-    Runs where the tensors are, with no host-device synchronisation and static shapes.
-    `backend="auto"` takes the Triton kernel for CUDA tensors when Triton is installed, else
-    the torch implementation; both give identical labels. With `return_stats=True` the result
+    Runs where the tensors are, with no host-device synchronisation and static shapes (eager
+    calls on CPU tensors, where neither matters, run the rules on the marker tokens only and
+    spread the result back; the labels are the same). `backend="auto"` takes the Triton
+    kernel for CUDA tensors when Triton is installed, else the torch implementation; both
+    give identical labels. With `return_stats=True` the result
     is `(labels, {"trained": [B], "role_tokens": [B, n_roles + 1]})`, the last column counting
     real tokens in no role (header tokens count with the role they open).
 
