@@ -17,6 +17,10 @@ static shapes and no host-device synchronisation:
 
 Positions are int32 (rows up to 2**20 tokens; int64 beyond), which halves the memory traffic
 of the scans.
+
+Eager calls on CPU tensors (`skip_plain_runs`) run these steps on the marker tokens and one
+token per run of other tokens only, a data-dependent subset, and spread the result back
+(:func:`_on_marker_runs`); compiled and GPU calls run them on every token.
 """
 
 from __future__ import annotations
@@ -165,10 +169,10 @@ def _on_marker_runs(
     seq_start: torch.Tensor | None,
     with_stats: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(trained, and with `with_stats` trained counts `[B]` and role counts `[B, R + 1]`):
-    :func:`_trained_and_role` on a shorter sequence, the
-    marker tokens (real tokens whose id some marker uses), and of each run of other tokens
-    its first token only, which stands for the run.
+    """(trained, and with `with_stats` trained counts `[B]` and role counts `[B, R + 1]`),
+    by :func:`_trained_and_role` on a shorter sequence: the marker tokens (real tokens whose
+    id some marker uses) and, of each run of other tokens, its first token only, which
+    stands for the run.
 
     Nothing happens inside such a plain run: no marker starts, covers or ends there, so every
     token of it gets the state of its first token (runs are cut where padding starts or ends,
@@ -176,8 +180,8 @@ def _on_marker_runs(
     always follows a plain token), so matching, overlaps and coverage read the same on the
     kept tokens, taken as packed sequences (one per row, or per packed sequence). The result
     is spread back over the runs with one gather, and the counts are summed over the runs.
-    With markers `[1, 11]` and `[2]`, the row
-    `1 11 5 6 7 2 8 9` is computed on `1 11 5 2 8`: `5` stands for `5 6 7`, `8` for `8 9`.
+    With markers `[1, 11]` and `[2]`, the row `1 11 5 6 7 2 8 9` is computed on
+    `1 11 5 2 8`: `5` stands for `5 6 7`, `8` for `8 9`.
 
     About 8 passes over the `[B, T]` batch instead of some 40; the kept tokens are data
     dependent, so this is for eager calls on the CPU.
