@@ -5,7 +5,9 @@ On a 64 x 8192 batch of ChatML-like conversations (:mod:`benchmarks.data`), spar
 tokens): TRL's masking loop is the time of its ``DataCollatorForCompletionOnlyLM`` minus the time
 of its parent ``DataCollatorForLanguageModeling`` on the same examples (ids as lists), taken in
 interleaved rounds, the median of the per-round differences. ``mask_labels`` (torch backend)
-runs on the same batch as a tensor.
+runs on the same batch as a tensor; "every token" is the torch backend run on every token, as
+under ``torch.compile`` or on a GPU, instead of skipping the runs of plain tokens as eager CPU
+calls do.
 
     python benchmarks/masking_vs_trl.py [--rounds 7] [--threads 1]
 """
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 import gpumask  # noqa: E402
 from benchmarks.data import chat_batch  # noqa: E402
 from benchmarks.run import TOKENIZER, machine  # noqa: E402
+from gpumask.torch_backend import mask_labels_torch  # noqa: E402
 
 
 def seconds(fn) -> float:
@@ -38,7 +41,8 @@ def seconds(fn) -> float:
 
 
 def compare(dense: bool, rounds: int, tok, size: int = 64, length: int = 8192) -> dict:
-    """Medians (seconds) of TRL's collate, its parent's, their paired difference, mask_labels."""
+    """Medians (seconds) of TRL's collate, its parent's, their paired difference, mask_labels
+    (eager CPU), and the torch backend on every token."""
     from transformers import DataCollatorForLanguageModeling
     from trl import DataCollatorForCompletionOnlyLM
 
@@ -53,18 +57,24 @@ def compare(dense: bool, rounds: int, tok, size: int = 64, length: int = 8192) -
     def ours() -> torch.Tensor:
         return gpumask.mask_labels(ids, batch.spec, backend="torch")
 
-    ours()  # compiles the spec
-    full, base, ml = [], [], []
+    def every_token() -> torch.Tensor:
+        compiled = batch.spec.compile()
+        return mask_labels_torch(ids, compiled, None, None, None, -100, False)[0]
+
+    assert torch.equal(ours(), every_token())  # also compiles the spec
+    full, base, ml, dense_path = [], [], [], []
     for _ in range(rounds):
         full.append(seconds(lambda: trl(examples)))
         base.append(seconds(lambda: parent(examples)))
         ml.append(seconds(ours))
+        dense_path.append(seconds(every_token))
     loop = [f - b for f, b in zip(full, base, strict=True)]
     return {
         "trl": statistics.median(full),
         "parent": statistics.median(base),
         "loop": statistics.median(loop),
         "mask_labels": statistics.median(ml),
+        "every_token": statistics.median(dense_path),
     }
 
 
@@ -83,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         f"({torch.get_num_threads()} thread(s)), load average {load:.2f}; "
         f"medians of {args.rounds} rounds, ms"
     )
-    head = ("case", "trl collate", "trl parent", "trl masking loop", "mask_labels", "verdict")
-    print("{:<7}{:>13}{:>12}{:>18}{:>13}  {}".format(*head))
+    head = ("case", "trl collate", "trl parent", "trl masking loop", "mask_labels", "every token")
+    print("{:<7}{:>13}{:>12}{:>18}{:>13}{:>13}  verdict".format(*head))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for dense in (False, True):
@@ -94,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{'dense' if dense else 'sparse':<7}{r['trl'] * 1e3:>13.1f}"
                 f"{r['parent'] * 1e3:>12.1f}{r['loop'] * 1e3:>18.1f}"
-                f"{r['mask_labels'] * 1e3:>13.1f}  {verdict}"
+                f"{r['mask_labels'] * 1e3:>13.1f}{r['every_token'] * 1e3:>13.1f}  {verdict}"
             )
     return 0
 
