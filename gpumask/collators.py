@@ -351,7 +351,7 @@ class CompletionCollator:
             f"spec={self.spec!r})"
         )
 
-    def _truncate(self, rows: list[np.ndarray], masks: list[np.ndarray] | None):
+    def _truncate(self, rows: list[Row], masks: list[Row] | None):
         original = row_lengths(rows)
         limit = self.max_length
         if limit is None or max(original) <= limit:

@@ -179,9 +179,9 @@ def mask_labels(
     calls on CPU tensors, where neither matters, run the rules on the marker tokens only and
     spread the result back; the labels are the same). `backend="auto"` takes the Triton
     kernel for CUDA tensors when Triton is installed, else the torch implementation; both
-    give identical labels. With `return_stats=True` the result
-    is `(labels, {"trained": [B], "role_tokens": [B, n_roles + 1]})`, the last column counting
-    real tokens in no role (header tokens count with the role they open).
+    give identical labels. With `return_stats=True` the result is `(labels, {"trained": [B],
+    "role_tokens": [B, n_roles + 1]})`, the last column counting real tokens in no role
+    (header tokens count with the role they open).
 
     Example::
 
