@@ -27,6 +27,7 @@ The second row stops before the assistant header, so it trains nothing; the coll
 
 from __future__ import annotations
 
+import array
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -61,6 +62,13 @@ def _as_row(value: Any, index: int, key: str | None = None) -> Row:
         if value.dim() == 1 and value.dtype in _TENSOR_ID_TYPES:  # (never requires grad)
             return value
         value = value.detach().cpu().numpy()
+    elif type(value) in (list, tuple) and not (value and isinstance(value[0], bool)):
+        # Python ints straight into int64 (a third faster than numpy's type inference); any
+        # other item (float, str, None, too large) raises, and numpy below says what it is.
+        try:
+            return np.frombuffer(array.array("q", value), dtype=np.int64)
+        except (TypeError, OverflowError):
+            pass
     where = f"examples[{index}]" if key is None else f"examples[{index}][{key!r}]"
     try:
         row = np.asarray(value)

@@ -265,6 +265,9 @@ def test_bad_arguments_raise_clearly(kwargs, error, message):
         ([], ValueError, "examples: empty batch"),
         ({"input_ids": ROW}, TypeError, "examples: expected a list of examples, got dict"),
         ([[1.0, 2.0]], TypeError, "examples[0]: expected integer token ids, got dtype float64"),
+        ([[1, 2.5]], TypeError, "examples[0]: expected integer token ids, got dtype float64"),
+        ([(1, "a")], TypeError, "examples[0]: expected integer token ids, got dtype <U21"),
+        ([[1], [1, None]], TypeError, "examples[1]: expected integer token ids, got dtype object"),
         (
             [[[1, 2], [3, 4]]],
             ValueError,
