@@ -190,13 +190,12 @@ def _on_marker_runs(
     vocab = c.marker_token.shape[0] - 2
     flat = input_ids.reshape(-1)
     marker = c.marker_token.index_select(0, (flat + 1).clamp_(0, vocab + 1)).view(batch, length)
-    keep = marker.clone()
-    keep[:, 1:] |= marker[:, :-1]
-    if real is not None:  # runs are all real or all padding, and markers are real
+    after = marker[:, :-1]  # a run starts after a marker token, at t = 0, ...
+    if real is not None:  # ... where padding starts or ends (a run is all real or all padding)
+        after = after | (real[:, 1:] ^ real[:, :-1])
         marker &= real
-        keep[:, 1:] |= real[:, 1:] ^ real[:, :-1]
-    keep[:, 0] = True
-    if seq_start is not None:
+    keep = marker | F.pad(after, (1, 0), value=True)
+    if seq_start is not None:  # ... and at packed sequence starts
         keep |= seq_start
     keep = keep.view(-1)
     kept = keep.nonzero().squeeze(1)
