@@ -159,6 +159,20 @@ def pad_rows(
     return out, keep
 
 
+def pad_examples(
+    rows: Sequence[Row], masks: Sequence[Row] | None, length: int, fill: int, padding_side: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask, keep, real) of a batch padded to `length`: the ids padded
+    with `fill`, the attention mask (int64: the given masks padded with 0, else 1 on every row
+    token), the row tokens (bool), and what :func:`mask_batch` reads as real tokens: `keep`
+    when no mask was given (bool, no conversion), else the attention mask (nonzero)."""
+    input_ids, keep = pad_rows(rows, length, fill, padding_side)
+    if masks is None:
+        return input_ids, keep.astype(np.int64), keep, keep
+    attention_mask, _ = pad_rows(masks, length, 0, padding_side)
+    return input_ids, attention_mask, keep, attention_mask
+
+
 def check_padding_options(padding_side: str, pad_to_multiple_of: int | None) -> None:
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
@@ -376,31 +390,27 @@ class CompletionCollator:
         length = padded_length(row_lengths(rows), self.pad_to_multiple_of)
         if length == 0:
             raise ValueError("examples: every row is empty")
-        input_ids, keep = pad_rows(rows, length, self.pad_token_id, self.padding_side)
-        if masks is None:
-            attention_mask = keep.astype(np.int64)
-        else:
-            attention_mask, _ = pad_rows(masks, length, 0, self.padding_side)
+        input_ids, attention_mask, keep, real = pad_examples(
+            rows, masks, length, self.pad_token_id, self.padding_side
+        )
         labels = None
         if self.mask_on == "batch":
-            labels, trained, role_tokens = mask_batch(
-                input_ids, keep if masks is None else attention_mask, self.spec, self.ignore_index
-            )
+            labels, trained, role_tokens = mask_batch(input_ids, real, self.spec, self.ignore_index)
             if self.padding_free:  # the first token of each sequence follows another sequence
                 labels[keep & (keep.cumsum(1) == 1)] = self.ignore_index
                 trained = (labels != self.ignore_index).sum(1)
             if self.warn:
-                self._report(input_ids, keep, attention_mask, trained, role_tokens, original)
+                self._report(input_ids, real, trained, role_tokens, original)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {k: torch.from_numpy(v) for k, v in batch.items() if v is not None}
 
-    def _report(self, input_ids, keep, attention_mask, trained, role_tokens, original) -> None:
+    def _report(self, input_ids, real, trained, role_tokens, original) -> None:
         reasons = {
             i: untrained_reason(
                 self.spec,
-                input_ids[i][keep[i] & (attention_mask[i] != 0)].tolist(),
+                input_ids[i][real[i] != 0].tolist(),
                 role_tokens[i].tolist(),
                 None if original is None else original[i],
                 self.max_length,

@@ -52,7 +52,7 @@ import torch
 from gpumask.collators import (
     check_padding_options,
     mask_batch,
-    pad_rows,
+    pad_examples,
     padded_length,
     row_lengths,
     split_examples,
@@ -204,14 +204,9 @@ class DataCollatorForCompletionOnlyLM:
                 "set tokenizer.pad_token"
             )
         padding_side = getattr(self.tokenizer, "padding_side", None) or "right"
-        input_ids, keep = pad_rows(rows, length, 0 if pad_id is None else pad_id, padding_side)
-        if masks is None:
-            attention_mask = keep.astype(np.int64)
-        else:
-            attention_mask, _ = pad_rows(masks, length, 0, padding_side)
-        labels, trained, role_tokens = mask_batch(
-            input_ids, keep if masks is None else attention_mask, self.spec, self.ignore_index
-        )
+        fill = 0 if pad_id is None else pad_id
+        input_ids, attention_mask, _, real = pad_examples(rows, masks, length, fill, padding_side)
+        labels, trained, role_tokens = mask_batch(input_ids, real, self.spec, self.ignore_index)
         self._report(trained, role_tokens)
         if not self.padding_free:
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
