@@ -13,6 +13,7 @@ The gloo backend runs on CPU; on GPUs the same script uses NCCL and masks on eac
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 
 import torch
@@ -76,6 +77,11 @@ def main() -> None:
         for j, (labels, mask) in enumerate(zip(made[-1], real, strict=True)):
             mine[indices[start + j]] = labels[mask].tolist()
 
+    # Free DDP's reducer now: were it the last holder of the process group at exit, it would
+    # tear the group down holding the GIL, which deadlocks with gloo's worker thread when that
+    # thread still has Python objects to release. destroy_process_group() releases the GIL.
+    del ddp, optimizer
+    gc.collect()
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)
     if rank == 0:
