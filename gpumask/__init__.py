@@ -15,8 +15,8 @@ from gpumask.spec import MaskSpec, MaskSpecError
 _LAZY = {
     "CompletionCollator": "gpumask.collators",
     "DataCollatorForCompletionOnlyLM": "gpumask.trl_compat",
-    "attach": "gpumask.integration",
-    "detach": "gpumask.integration",
+    "attach": "gpumask.hook",
+    "detach": "gpumask.hook",
 }
 
 __all__ = ["MaskSpec", "MaskSpecError", "mask_labels", *_LAZY]

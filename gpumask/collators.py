@@ -27,219 +27,31 @@ The second row stops before the assistant header, so it trains nothing; the coll
 
 from __future__ import annotations
 
-import array
-import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from gpumask.masking import mask_labels
+from gpumask.padding import (
+    Row,
+    check_padding_options,
+    cu_seq_lens,
+    first_tokens,
+    flatten,
+    not_a_target_at_starts,
+    pad_examples,
+    padded_length,
+    row_lengths,
+    split_examples,
+)
+from gpumask.reports import NoTrainedTokensWarning, row_reasons, warn_untrained
 from gpumask.spec import MaskSpec
 
+__all__ = ["CompletionCollator", "NoTrainedTokensWarning", "mask_batch"]
+
 MASK_ON = ("batch", "step")
-
-
-class NoTrainedTokensWarning(UserWarning):
-    """Some rows of a batch have no trained token (their labels are all `ignore_index`)."""
-
-
-# --- padding ------------------------------------------------------------------------------
-
-
-_TENSOR_ID_TYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-
-
-Row = np.ndarray | torch.Tensor  # 1-D, integer
-
-
-def _as_row(value: Any, index: int, key: str | None = None) -> Row:
-    """`examples[index][key]` (or `examples[index]`): token ids as a 1-D int64 array, from a
-    list or numpy array; a 1-D integer tensor is kept as it is (:func:`pad_rows` joins
-    tensors in one `torch.cat`)."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 1 and value.dtype in _TENSOR_ID_TYPES:  # (never requires grad)
-            return value
-        value = value.detach().cpu().numpy()
-    elif type(value) in (list, tuple) and not (value and isinstance(value[0], bool)):
-        # Python ints straight into int64 (a third faster than numpy's type inference); any
-        # other item (float, str, None, too large) raises, and numpy below says what it is.
-        try:
-            return np.frombuffer(array.array("q", value), dtype=np.int64)
-        except (TypeError, OverflowError):
-            pass
-    where = f"examples[{index}]" if key is None else f"examples[{index}][{key!r}]"
-    try:
-        row = np.asarray(value)
-    except (TypeError, ValueError) as error:
-        raise TypeError(
-            f"{where}: expected a sequence of token ids, got {type(value).__name__}"
-        ) from error
-    if row.ndim != 1:
-        raise ValueError(
-            f"{where}: expected a 1-D sequence of token ids, got shape {tuple(row.shape)}"
-        )
-    if row.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if row.dtype.kind not in "iub" or row.dtype == np.bool_:
-        raise TypeError(f"{where}: expected integer token ids, got dtype {row.dtype}")
-    return row.astype(np.int64, copy=False)
-
-
-def split_examples(examples: Sequence[Any]) -> tuple[list[Row], list[Row] | None]:
-    """(input_ids rows, attention_mask rows or None) from dicts or bare id sequences."""
-    if isinstance(examples, Mapping) or isinstance(examples, str | bytes):
-        raise TypeError(f"examples: expected a list of examples, got {type(examples).__name__}")
-    if len(examples) == 0:
-        raise ValueError("examples: empty batch")
-    if not isinstance(examples[0], Mapping):
-        return [_as_row(example, i) for i, example in enumerate(examples)], None
-    for i, example in enumerate(examples):
-        if not isinstance(example, Mapping) or "input_ids" not in example:
-            raise ValueError(
-                f"examples[{i}]: expected a dict with 'input_ids', got "
-                f"{type(example).__name__} with keys "
-                f"{list(example) if isinstance(example, Mapping) else None}"
-            )
-    rows = [_as_row(example["input_ids"], i, "input_ids") for i, example in enumerate(examples)]
-    masks = [example.get("attention_mask") for example in examples]
-    if all(mask is None for mask in masks):
-        return rows, None
-    for i, mask in enumerate(masks):
-        if mask is None:
-            masks[i] = np.ones(rows[i].shape[0], dtype=np.int64)
-            continue
-        masks[i] = mask = _as_row(mask, i, "attention_mask")
-        if mask.shape[0] != rows[i].shape[0]:
-            raise ValueError(
-                f"examples[{i}]['attention_mask']: length {mask.shape[0]} does "
-                f"not match input_ids length {rows[i].shape[0]}"
-            )
-    return rows, masks
-
-
-def padded_length(lengths: Sequence[int], pad_to_multiple_of: int | None) -> int:
-    """The batch length: the longest row, rounded up to a multiple of `pad_to_multiple_of`."""
-    length = max(lengths)
-    if pad_to_multiple_of:
-        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
-    return length
-
-
-def row_lengths(rows: Sequence[Row]) -> list[int]:
-    return [row.shape[0] for row in rows]
-
-
-def _concatenate(rows: Sequence[Row]) -> np.ndarray:
-    """The rows end to end, int64: one `torch.cat` when they are all CPU tensors."""
-    if all(isinstance(row, torch.Tensor) and row.is_cpu for row in rows):
-        return torch.cat(list(rows)).numpy().astype(np.int64, copy=False)
-    return np.concatenate(
-        [row.cpu().numpy() if isinstance(row, torch.Tensor) else row for row in rows]
-    ).astype(np.int64, copy=False)
-
-
-def pad_rows(
-    rows: Sequence[Row], length: int, fill: int, padding_side: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(`[B, length]` int64 array of `rows` padded with `fill`, bool mask of the row tokens).
-
-    One concatenation and one masked fill for the whole batch, in numpy (which, unlike torch's
-    threaded CPU kernels, costs the same on a busy machine); no per-row writes.
-    """
-    lengths = np.array(row_lengths(rows), dtype=np.int64)
-    positions = np.arange(length)
-    if padding_side == "left":
-        keep = positions[None, :] >= (length - lengths)[:, None]
-    else:
-        keep = positions[None, :] < lengths[:, None]
-    out = np.full((len(rows), length), fill, dtype=np.int64)
-    out[keep] = _concatenate(rows)
-    return out, keep
-
-
-def pad_examples(
-    rows: Sequence[Row], masks: Sequence[Row] | None, length: int, fill: int, padding_side: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask, keep, real) of a batch padded to `length`: the ids padded
-    with `fill`, the attention mask (int64: the given masks padded with 0, else 1 on every row
-    token), the row tokens (bool), and what :func:`mask_batch` reads as real tokens: `keep`
-    when no mask was given (bool, no conversion), else the attention mask (nonzero)."""
-    input_ids, keep = pad_rows(rows, length, fill, padding_side)
-    if masks is None:
-        return input_ids, keep.astype(np.int64), keep, keep
-    attention_mask, _ = pad_rows(masks, length, 0, padding_side)
-    return input_ids, attention_mask, keep, attention_mask
-
-
-def check_padding_options(padding_side: str, pad_to_multiple_of: int | None) -> None:
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
-    if pad_to_multiple_of is not None and (
-        isinstance(pad_to_multiple_of, bool)
-        or not isinstance(pad_to_multiple_of, int)
-        or pad_to_multiple_of < 1
-    ):
-        raise ValueError(
-            f"pad_to_multiple_of: expected a positive int or None, got {pad_to_multiple_of!r}"
-        )
-
-
-# --- reports ------------------------------------------------------------------------------
-
-
-def _header_cut_at_end(spec: MaskSpec, row_ids: Sequence[int]) -> str | None:
-    """The trained role whose header the row ends in the middle of, if any."""
-    for role in spec.train_roles:
-        for header in spec.roles[role]:
-            for k in range(1, min(len(header), len(row_ids) + 1)):
-                if tuple(row_ids[-k:]) == header[:k]:
-                    return role
-    return None
-
-
-def untrained_reason(
-    spec: MaskSpec,
-    row_ids: Sequence[int],
-    role_tokens: Sequence[int],
-    original_length: int | None = None,
-    max_length: int | None = None,
-    truncation_side: str = "right",
-) -> str:
-    """Why a row (its real tokens `row_ids`) has no trained token, in words.
-
-    `role_tokens` is the row of `stats["role_tokens"]` from `mask_labels(..., return_stats=True)`;
-    `original_length` is the row's length before truncation to `max_length`, if it was cut.
-
-    Example::
-
-        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
-        >>> untrained_reason(spec, [1, 10, 5, 2, 1], [4, 0, 1], original_length=9, max_length=5)
-        "truncated to max_length=5 (from 9 tokens) inside a header of 'assistant'"
-    """
-    names = ", ".join(repr(r) for r in spec.train_roles)
-    if len(row_ids) == 0:
-        return "empty row"
-    codes = [spec.role_names.index(r) for r in spec.train_roles]
-    header_found = any(role_tokens[c] > 0 for c in codes)
-    truncated = original_length is not None and original_length > len(row_ids)
-    cut = f"truncated to max_length={max_length} (from {original_length} tokens)"
-    if truncation_side == "left":
-        cut += " on the left"
-    if not header_found:
-        if not truncated:
-            return f"no header of a trained role ({names}) found"
-        role = _header_cut_at_end(spec, row_ids) if truncation_side == "right" else None
-        if role is not None:
-            return f"{cut} inside a header of {role!r}"
-        return f"{cut}, no header of a trained role ({names}) left"
-    if truncated:
-        return f"{cut}, nothing of the reply left after the header"
-    return (
-        f"a header of a trained role ({names}) is there, but no token after it trains "
-        "(empty reply, or all of it in a masked span or ignore_token_ids)"
-    )
 
 
 def mask_batch(
@@ -265,21 +77,6 @@ def mask_batch(
         return_stats=True,
     )
     return labels.numpy(), stats["trained"].numpy(), stats["role_tokens"].numpy()
-
-
-def warn_untrained(who: str, n_rows: int, reasons: dict[int, str], stacklevel: int = 4) -> None:
-    """One `NoTrainedTokensWarning` naming every row without a trained token, and why."""
-    if not reasons:
-        return
-    rows = "; ".join(f"row {i}: {reason}" for i, reason in sorted(reasons.items()))
-    verbs = (
-        "has no trained token and adds" if len(reasons) == 1 else "have no trained token and add"
-    )
-    warnings.warn(
-        f"{who}: {len(reasons)} of {n_rows} rows {verbs} nothing to the loss: {rows}",
-        NoTrainedTokensWarning,
-        stacklevel=stacklevel,
-    )
 
 
 # --- the collator -------------------------------------------------------------------------
@@ -396,43 +193,32 @@ class CompletionCollator:
         labels = None
         if self.mask_on == "batch":
             labels, trained, role_tokens = mask_batch(input_ids, real, self.spec, self.ignore_index)
-            if self.padding_free:  # the first token of each sequence follows another sequence
-                labels[keep & (keep.cumsum(1) == 1)] = self.ignore_index
+            if self.padding_free:
+                starts = torch.from_numpy(first_tokens(keep))
+                not_a_target_at_starts(torch.from_numpy(labels), starts, self.ignore_index)
                 trained = (labels != self.ignore_index).sum(1)
             if self.warn:
-                self._report(input_ids, real, trained, role_tokens, original)
+                reasons = row_reasons(
+                    self.spec, input_ids, real, trained, role_tokens, original,
+                    self.max_length, self.truncation_side,
+                )  # fmt: skip
+                warn_untrained("CompletionCollator", len(trained), reasons, stacklevel=3)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {k: torch.from_numpy(v) for k, v in batch.items() if v is not None}
 
-    def _report(self, input_ids, real, trained, role_tokens, original) -> None:
-        reasons = {
-            i: untrained_reason(
-                self.spec,
-                input_ids[i][real[i] != 0].tolist(),
-                role_tokens[i].tolist(),
-                None if original is None else original[i],
-                self.max_length,
-                self.truncation_side,
-            )
-            for i in np.flatnonzero(trained == 0).tolist()
-        }
-        warn_untrained("CompletionCollator", len(trained), reasons)
-
     def _flatten(self, input_ids, keep, labels) -> dict[str, Any]:
-        lengths = keep.sum(1)
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
-        offsets[1:] = lengths.cumsum()
-        cu_seq_lens = torch.from_numpy(offsets)
+        input_ids, position_ids, labels, lengths = flatten(input_ids, keep, labels)
+        offsets = cu_seq_lens(lengths)
         batch = {
-            "input_ids": torch.from_numpy(input_ids[keep][None]),
-            "position_ids": torch.from_numpy(keep.cumsum(1)[keep][None] - 1),
-            "cu_seq_lens_q": cu_seq_lens,
-            "cu_seq_lens_k": cu_seq_lens,
+            "input_ids": input_ids,
+            "position_ids": position_ids,
+            "cu_seq_lens_q": offsets,
+            "cu_seq_lens_k": offsets,
             "max_length_q": int(lengths.max()),
             "max_length_k": int(lengths.max()),
         }
         if labels is not None:
-            batch["labels"] = torch.from_numpy(labels[keep][None])
+            batch["labels"] = labels
         return batch

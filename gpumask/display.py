@@ -1,7 +1,8 @@
 """Show which tokens train: conversations with trained tokens highlighted, and counts per role.
 
 Shared by ``gpumask show`` (:mod:`gpumask.cli`) and the demo. :func:`mask_rows` masks token-id
-rows with :func:`gpumask.mask_labels` and explains every row in which nothing trains;
+rows with :func:`gpumask.mask_labels` and explains every row in which nothing trains
+(:func:`gpumask.reports.explain_untrained`);
 :func:`format_row` prints one row (ANSI colours, or ``[[...]]`` around trained text without
 them), :func:`format_summary` the totals, :func:`html_page` all of it as one HTML page.
 
@@ -27,13 +28,14 @@ import dataclasses
 import html
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 
-from gpumask.collators import untrained_reason
 from gpumask.masking import mask_labels
+from gpumask.padding import pad_rows
+from gpumask.reports import NO_ROLE, explain_untrained
 from gpumask.spec import MaskSpec
 
-NO_ROLE = "(no role)"
 TRAINED_ANSI, OTHER_ANSI, RESET_ANSI = "\x1b[1;30;42m", "\x1b[2m", "\x1b[0m"
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
 CHUNK_TOKENS = 2**20  # padded tokens per batch in mask_rows
@@ -88,12 +90,10 @@ def mask_rows(rows: Sequence[Sequence[int]], spec: MaskSpec) -> list[MaskedRow]:
 
 def _mask_batch(rows: list[list[int]], spec: MaskSpec) -> list[MaskedRow]:
     length = max(1, max(len(row) for row in rows))
-    ids = torch.zeros(len(rows), length, dtype=torch.int64)
-    mask = torch.zeros(len(rows), length, dtype=torch.int64)
-    for b, row in enumerate(rows):
-        ids[b, : len(row)] = torch.tensor(row, dtype=torch.int64)
-        mask[b, : len(row)] = 1
-    labels, stats = mask_labels(ids, spec, attention_mask=mask, return_stats=True)
+    ids, keep = pad_rows([np.array(row, dtype=np.int64) for row in rows], length, 0, "right")
+    labels, stats = mask_labels(
+        torch.from_numpy(ids), spec, attention_mask=torch.from_numpy(keep), return_stats=True
+    )
     names = [*spec.role_names, NO_ROLE]
     out = []
     for b, row in enumerate(rows):
@@ -102,37 +102,6 @@ def _mask_batch(rows: list[list[int]], spec: MaskSpec) -> list[MaskedRow]:
         reason = None if any(trained) else explain_untrained(row, spec, counts)
         out.append(MaskedRow(tuple(row), trained, counts, reason))
     return out
-
-
-def _trains(row: list[int], spec: MaskSpec) -> bool:
-    return bool((mask_labels(torch.tensor([row]), spec) != -100).any())
-
-
-def explain_untrained(row: Sequence[int], spec: MaskSpec, role_tokens: dict[str, int]) -> str:
-    """Why no token of `row` trains under `spec` (`role_tokens` as in :class:`MaskedRow`).
-
-    Says what :func:`gpumask.collators.untrained_reason` says, and when a trained role's
-    header is there, tries the spec without each option that can mask a trained turn and
-    names the first whose removal would train something.
-
-    Example::
-
-        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
-        >>> explain_untrained([1, 10, 5, 2, 1, 11], spec, {"user": 4, "assistant": 2})
-        "every 'assistant' turn is empty: the row may be truncated right after a header"
-    """
-    row = [int(i) for i in row]
-    roles = ", ".join(repr(r) for r in spec.train_roles)
-    if not row or not any(role_tokens.get(r, 0) for r in spec.train_roles):
-        counts = [role_tokens.get(name, 0) for name in (*spec.role_names, NO_ROLE)]
-        return untrained_reason(spec, row, counts)
-    if spec.masked_spans and _trains(row, spec.replace(masked_spans=())):
-        return f"every {roles} token lies inside a masked span"
-    if spec.ignore_token_ids and _trains(row, spec.replace(ignore_token_ids=())):
-        return f"every {roles} token is in ignore_token_ids"
-    if not spec.train_on_end_of_turn and _trains(row, spec.replace(train_on_end_of_turn=True)):
-        return f"the {roles} turns hold only their end-of-turn token (train_on_end_of_turn=False)"
-    return f"every {roles} turn is empty: the row may be truncated right after a header"
 
 
 def segments(ids: Sequence[int], trained: Sequence[bool], decode: Decode) -> list[tuple[str, bool]]:

@@ -1,4 +1,4 @@
-"""`mask_labels`: the public entry point. Validates, prepares padding and packing, dispatches.
+"""`mask_labels`, the public entry point: validate, lay out padding and packing, draw, dispatch.
 
 Example::
 
@@ -11,11 +11,11 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 
 import torch
 
+from gpumask.padding import Batch
 from gpumask.spec import MaskSpec
 from gpumask.torch_backend import mask_labels_torch
 
@@ -25,12 +25,6 @@ _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint
 
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
-
-
-def eager_on_cpu(input_ids: torch.Tensor) -> bool:
-    """CPU tensors outside torch.compile: where data-dependent shapes cost nothing, so the
-    torch backend may skip the runs of plain tokens."""
-    return input_ids.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _check_companion(name: str, value, input_ids: torch.Tensor, *, bool_ok: bool) -> None:
@@ -102,66 +96,6 @@ def validate_inputs(
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
 
-def prepare_layout(
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    position_ids: torch.Tensor | None,
-    cu_seqlens: torch.Tensor | None,
-) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(real, seq_start): which tokens are real, and where packed sequences start.
-
-    None stands for "all real" and "one sequence per row", so the common case costs nothing.
-    """
-    real = attention_mask
-    if attention_mask is not None and attention_mask.dtype != torch.bool:
-        real = attention_mask != 0
-    seq_start = None
-    if position_ids is not None:
-        seq_start = position_ids == 0
-    elif cu_seqlens is not None:
-        length = input_ids.shape[1]
-        positions = torch.arange(length, device=input_ids.device)
-        offsets = cu_seqlens.long()
-        starts = torch.zeros(length, dtype=torch.int64, device=input_ids.device)
-        starts.scatter_add_(0, offsets[:-1].clamp(0, length - 1), (offsets[:-1] < length).long())
-        seq_start = (starts > 0)[None]
-        inside = ((positions >= offsets[0]) & (positions < offsets[-1]))[None]
-        real = inside if real is None else real & inside
-    return real, seq_start
-
-
-# On the CPU, large batches are masked in blocks of rows of about this many tokens, so that
-# every intermediate stays in reused memory instead of fresh pages (no effect on the labels).
-CPU_BLOCK_TOKENS = 1 << 20
-
-
-def _in_row_blocks(run, input_ids, compiled, real, seq_start, uniforms, ignore_index, stats):
-    """`run` over blocks of whole rows on the CPU (one call elsewhere), results concatenated."""
-    batch, length = input_ids.shape
-    rows = max(1, CPU_BLOCK_TOKENS // length)
-    if input_ids.device.type != "cpu" or batch <= rows:
-        return run(input_ids, compiled, real, seq_start, uniforms, ignore_index, stats)
-
-    def block(x, start):
-        return None if x is None else x[start : start + rows]
-
-    parts = [
-        run(
-            block(input_ids, i),
-            compiled,
-            block(real, i),
-            block(seq_start, i),
-            block(uniforms, i),
-            ignore_index,
-            stats,
-        )
-        for i in range(0, batch, rows)
-    ]
-    if not stats:
-        return torch.cat([p[0] for p in parts]), None, None
-    return tuple(torch.cat([p[k] for p in parts]) for k in range(3))
-
-
 def mask_labels(
     input_ids: torch.Tensor,
     spec: MaskSpec,
@@ -175,9 +109,9 @@ def mask_labels(
 ):
     """Completion-only labels for `input_ids` `[B, T]`, by the rules of :mod:`gpumask.reference`.
 
-    Runs where the tensors are, with no host-device synchronisation and static shapes (eager
-    calls on CPU tensors, where neither matters, run the rules on the marker tokens only and
-    spread the result back; the labels are the same). `backend="auto"` takes the Triton
+    Runs where the tensors are, with no host-device synchronisation and static shapes (the
+    torch backend picks faster paths for eager CPU calls, where neither matters; the labels
+    are the same). `backend="auto"` takes the Triton
     kernel for CUDA tensors when Triton is installed, else the torch implementation; both
     give identical labels. With `return_stats=True` the result is `(labels, {"trained": [B],
     "role_tokens": [B, n_roles + 1]})`, the last column counting real tokens in no role
@@ -192,23 +126,15 @@ def mask_labels(
     validate_inputs(
         input_ids, spec, attention_mask, position_ids, cu_seqlens, ignore_index, generator, backend
     )
-    compiled = spec.compile(input_ids.device)
-    real, seq_start = prepare_layout(input_ids, attention_mask, position_ids, cu_seqlens)
-    uniforms = None
-    if spec.ignore_token_ids and 0.0 < spec.ignore_token_prob < 1.0:
-        batch, length = input_ids.shape
-        uniforms = torch.rand(batch, length, generator=generator, device=input_ids.device)
+    uniforms = spec.draws(input_ids, generator)
+    batch = Batch.of(input_ids, attention_mask, position_ids, cu_seqlens, uniforms)
     if backend == "auto":
         backend = "triton" if input_ids.is_cuda and _triton_available() else "torch"
     if backend == "triton":
         from gpumask.triton_backend import mask_labels_triton as run
-    elif eager_on_cpu(input_ids):
-        run = functools.partial(mask_labels_torch, skip_plain_runs=True)
     else:
         run = mask_labels_torch
-    labels, trained, role_tokens = _in_row_blocks(
-        run, input_ids, compiled, real, seq_start, uniforms, ignore_index, return_stats
-    )
+    labels, trained, role_tokens = run(batch, spec, ignore_index, return_stats)
     if not return_stats:
         return labels
     return labels, {"trained": trained, "role_tokens": role_tokens}

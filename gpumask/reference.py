@@ -33,8 +33,9 @@ when `initial_role` trains).
 
 Rule 7, ignored ids. Tokens whose id is in `ignore_token_ids` do not train, each with
 probability `ignore_token_prob`. When 0 < prob < 1 the draws are
-`torch.rand(B, T, generator=generator, device=input_ids.device)`, one per position, and a
-token is dropped when its draw is below the probability; every backend uses those same draws.
+`torch.rand(B, T, generator=generator, device=input_ids.device)` (:meth:`MaskSpec.draws`),
+one per position, and a token is dropped when its draw is below the probability; every
+backend uses those same draws.
 
 Rule 8, padding and packing. Tokens with attention mask 0 never train and never take part in
 a marker. Packed sequences (by `position_ids` restarting at 0, or `cu_seqlens` over a
@@ -57,10 +58,7 @@ from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, MaskSpec
 
 
 def sequence_ids(
-    length: int,
-    real: list[bool],
-    position_ids: list[int] | None,
-    cu_seqlens: list[int] | None,
+    length: int, position_ids: list[int] | None, cu_seqlens: list[int] | None
 ) -> list[int]:
     """The packed-sequence index of every position of one row (-1 for padding past cu_seqlens)."""
     if cu_seqlens is not None:
@@ -175,9 +173,8 @@ def mask_labels_reference(
     """Labels by the rules above, one row and one token at a time (same signature as
     :func:`gpumask.mask_labels`, no backend)."""
     batch, length = input_ids.shape
-    uniforms = None
-    if spec.ignore_token_ids and 0.0 < spec.ignore_token_prob < 1.0:
-        uniforms = torch.rand(batch, length, generator=generator, device=input_ids.device)
+    uniforms = spec.draws(input_ids, generator)
+    if uniforms is not None:
         uniforms = uniforms.cpu().tolist()
     all_labels, trained, role_tokens = [], [], []
     for b in range(batch):
@@ -189,7 +186,7 @@ def mask_labels_reference(
         )
         pos = None if position_ids is None else position_ids[b].tolist()
         cu = None if cu_seqlens is None else cu_seqlens.tolist()
-        seq = sequence_ids(length, real, pos, cu)
+        seq = sequence_ids(length, pos, cu)
         real = [r and s >= 0 for r, s in zip(real, seq)]
         row_uniforms = None if uniforms is None else uniforms[b]
         labels, role, n_trained = _row_labels(ids, real, seq, spec, row_uniforms, ignore_index)

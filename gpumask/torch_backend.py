@@ -18,30 +18,167 @@ static shapes and no host-device synchronisation:
 Positions are int32 (rows up to 2**20 tokens; int64 beyond), which halves the memory traffic
 of the scans.
 
-Eager calls on CPU tensors (`skip_plain_runs`) run these steps on the marker tokens and one
-token per run of other tokens only, a data-dependent subset, and spread the result back
-(:func:`_on_marker_runs`); compiled and GPU calls run them on every token.
+Paths. :func:`mask_labels_torch` picks one: :func:`mask_every_token` for GPU tensors and
+under `torch.compile`; for eager calls on CPU tensors, where data-dependent shapes cost
+nothing, :func:`mask_on_marker_runs`, which runs these steps on the marker tokens and one token
+per run of other tokens only and spreads the result back. On the CPU, large batches are masked
+in blocks of whole rows (about `CPU_BLOCK_TOKENS` each), so that every intermediate stays in
+reused memory instead of fresh pages. All paths give the same labels.
+
+Tables. :func:`tables` builds what the matching reads from `spec.markers`, once per spec and
+device (cached on the spec).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
-from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, CompiledSpec
+from gpumask.padding import Batch
+from gpumask.spec import (
+    ARG_SHIFT,
+    END_OF_TURN,
+    HEADER,
+    KIND_MASK,
+    LENGTH_MASK,
+    SPAN_CLOSE,
+    SPAN_OPEN,
+    Marker,
+    MaskSpec,
+    tag,
+)
 
-COVER_BITS = 11  # length (8 bits) and kind + 1 (3 bits) of the covering occurrence
-TAG_MASK = 7 << 8
+# Largest window table (entries) the matching uses; beyond it, per-offset bitmask tables.
+MAX_WINDOW_TABLE = 1 << 16
+# On the CPU, large batches are masked in blocks of whole rows of about this many tokens.
+CPU_BLOCK_TOKENS = 1 << 20
+# The covering occurrence's length and kind + 1: the word's bits below its arg.
+COVER_BITS = ARG_SHIFT
+
+Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tables:
+    """What the torch backend reads, for one spec on one device (built by :func:`tables`).
+
+    Markers are sorted longest first, so bit `m` of a match word is marker `m` and the lowest
+    set bit of a word is the longest marker that matches there. A marker's word is
+    :attr:`gpumask.spec.Marker.word` (length, kind + 1, arg).
+
+    - `match_words` `[K, V + 1]` (int32 when the markers fit in 31 bits, else int64): bit m
+      of `match_words[k, v]` is set when marker m accepts token v at offset k (its k-th id
+      is v, or it is shorter than k + 1). Column V stands for every id that no marker uses,
+      and for padding.
+    - `key_words` `[67]` int32, indexed by `key = lowest set bit % 67` (2**m % 67 is
+      distinct for every m < 64): the word of marker m, 0 for keys that name no marker
+      (key 0: nothing matches).
+    - `token_class` `[V + 1]` int32: 1 + the rank of each id among the ids markers use, 0 for
+      the others; `window_words` `[n_classes ** K]` int32 (None when larger than
+      `MAX_WINDOW_TABLE`): the word of the longest marker that starts a window of K token
+      classes, indexed by `sum(class[p + k] * n_classes ** (K - 1 - k))`.
+    - `marker_token` `[V + 2]` bool, shifted by one: `marker_token[v + 1]` is whether some
+      marker uses id v (index 0 stands for negative ids, V + 1 for ids >= V), so ids need
+      one clamp and no fix-up before an `index_select`.
+    - `can_overlap`: whether two occurrences can overlap at all (a marker starting inside
+      another's span); when not, every match is kept.
+    - `ignore_ids` `[I]`: the ids of `ignore_token_ids`; the other fields are the spec's
+      options as the steps read them (`initial_role` is a role code).
+    """
+
+    match_words: torch.Tensor
+    key_words: torch.Tensor
+    token_class: torch.Tensor
+    n_classes: int
+    window_words: torch.Tensor | None
+    marker_token: torch.Tensor
+    can_overlap: bool
+    ignore_ids: torch.Tensor
+    max_len: int
+    n_roles: int
+    n_spans: int
+    initial_role: int
+    train_role_bits: int
+    train_on_end_of_turn: bool
+    last_turn_only: bool
+    ignore_token_prob: float
+
+
+def _can_overlap(markers: tuple[Marker, ...]) -> bool:
+    """Whether some marker can start strictly inside an occurrence of another (or itself)."""
+    for a in markers:
+        for b in markers:
+            for offset in range(1, len(a.ids)):
+                overlap = min(len(a.ids) - offset, len(b.ids))
+                if a.ids[offset : offset + overlap] == b.ids[:overlap]:
+                    return True
+    return False
+
+
+def _build_tables(spec: MaskSpec, device: torch.device) -> Tables:
+    markers = spec.markers
+    max_len = spec.max_marker_len
+    vocab = max(max(m.ids) for m in markers) + 1
+    match_words = torch.zeros(max_len, vocab + 1, dtype=torch.int64)
+    for bit, marker in enumerate(markers):
+        for k in range(max_len):
+            if k < len(marker.ids):
+                match_words[k, marker.ids[k]] |= 1 << bit
+            else:
+                match_words[k, :] |= 1 << bit
+    if len(markers) <= 31:
+        match_words = match_words.to(torch.int32)
+    key_words = torch.zeros(67, dtype=torch.int32)
+    for bit, marker in enumerate(markers):
+        key_words[(1 << bit) % 67] = marker.word
+    marker_tokens = sorted({i for m in markers for i in m.ids})
+    token_class = torch.zeros(vocab + 1, dtype=torch.int32)
+    token_class[marker_tokens] = torch.arange(1, len(marker_tokens) + 1, dtype=torch.int32)
+    n_classes = len(marker_tokens) + 1
+    window_words = None
+    if n_classes**max_len <= MAX_WINDOW_TABLE:
+        window_words = torch.zeros([n_classes] * max_len, dtype=torch.int32)
+        for marker in reversed(markers):  # shortest first: the longest match is written last
+            window_words[tuple(marker_tokens.index(i) + 1 for i in marker.ids)] = marker.word
+        window_words = window_words.flatten().to(device)
+    no = torch.zeros(1, dtype=torch.bool)
+    return Tables(
+        match_words=match_words.to(device),
+        key_words=key_words.to(device),
+        token_class=token_class.to(device),
+        n_classes=n_classes,
+        window_words=window_words,
+        marker_token=torch.cat([no, token_class[:vocab] != 0, no]).to(device),
+        can_overlap=_can_overlap(markers),
+        ignore_ids=torch.tensor(spec.ignore_token_ids, dtype=torch.int64).to(device),
+        max_len=max_len,
+        n_roles=len(spec.roles),
+        n_spans=len(spec.masked_spans),
+        initial_role=spec.initial_code,
+        train_role_bits=spec.train_role_bits,
+        train_on_end_of_turn=spec.train_on_end_of_turn,
+        last_turn_only=spec.last_turn_only,
+        ignore_token_prob=spec.ignore_token_prob,
+    )
+
+
+def tables(spec: MaskSpec, device: torch.device | str = "cpu") -> Tables:
+    """The torch backend's :class:`Tables` for `spec` on `device`, built once and cached.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> tables(spec).max_len, tables(spec) is tables(spec, torch.device("cpu"))
+        (2, True)
+    """
+    return spec.cached("torch", _build_tables, device)
 
 
 def _shift_right(x: torch.Tensor, fill: int) -> torch.Tensor:
     """x[:, t - 1] at t, `fill` at t = 0."""
     return F.pad(x[:, :-1], (1, 0), value=fill)
-
-
-def _tag(kind: int) -> int:
-    """A marker kind as it stands in bits 8-10 of a marker word."""
-    return (kind + 1) << 8
 
 
 def _last_code(event: torch.Tensor, scaled_positions: torch.Tensor, code, bits: int):
@@ -77,7 +214,7 @@ def _span_automaton(
     return f[..., 0]
 
 
-def _match_by_window(ids: torch.Tensor, c: CompiledSpec, starts) -> torch.Tensor:
+def _match_by_window(ids: torch.Tensor, c: Tables, starts) -> torch.Tensor:
     """Word of the longest marker at each start: the K token classes from p on, read as one
     number in base `n_classes`, index `window_words`. `starts` (None: only t = 0) marks
     where packed sequences start: read from an earlier window, the class there is 0 ("no
@@ -93,7 +230,7 @@ def _match_by_window(ids: torch.Tensor, c: CompiledSpec, starts) -> torch.Tensor
     return torch.take(c.window_words, code.long())
 
 
-def _match_by_bits(ids: torch.Tensor, c: CompiledSpec, starts) -> torch.Tensor:
+def _match_by_bits(ids: torch.Tensor, c: Tables, starts) -> torch.Tensor:
     """Word of the longest marker at each start, for specs whose window table would be too
     large: AND the per-offset bitmasks, isolate the lowest bit (the longest marker). Ids at
     packed sequence starts (`starts`) and past the end read as `vocab` from an earlier
@@ -109,62 +246,92 @@ def _match_by_bits(ids: torch.Tensor, c: CompiledSpec, starts) -> torch.Tensor:
     return torch.take(c.key_words, ((hits & -hits) % 67).long())
 
 
-def mask_labels_torch(
-    input_ids: torch.Tensor,
-    compiled: CompiledSpec,
-    real: torch.Tensor | None,
-    seq_start: torch.Tensor | None,
-    uniforms: torch.Tensor | None,
-    ignore_index: int,
-    with_stats: bool,
-    skip_plain_runs: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def mask_labels_torch(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool) -> Result:
     """Labels `[B, T]`, and when `with_stats` trained counts `[B]` and role counts `[B, R+1]`.
 
-    `real` (bool `[B, T]`, None: all real) marks real tokens; `seq_start` (bool `[B, T]`,
-    None: only t = 0) marks where packed sequences start; `uniforms` are the draws of rule 7.
-    `skip_plain_runs` runs the rules on the marker tokens and one token of each run of plain
-    tokens only (see :func:`_on_marker_runs`): fewer tokens, but data-dependent shapes, so
-    for eager CPU calls. Called by :func:`gpumask.mask_labels`, which validates and prepares
-    these.
+    Called by :func:`gpumask.mask_labels`, which validates and prepares `batch`. Picks its
+    path (see the module docstring); every path takes the same arguments.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> batch = Batch(torch.tensor([[1, 11, 6, 2, 1, 10, 7, 2]]))
+        >>> mask_labels_torch(batch, spec, -100, False)[0].tolist()
+        [[-100, -100, 6, 2, -100, -100, -100, -100]]
     """
-    c = compiled
-    batch, length = input_ids.shape
-    trained_counts = role_tokens = None
-    if skip_plain_runs:
-        trained, trained_counts, role_tokens = _on_marker_runs(
-            input_ids, c, real, seq_start, with_stats
-        )
-    else:
-        vocab = c.match_words.shape[1] - 1
-        ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: no marker uses it
-        if real is not None:
-            ids = ids.masked_fill(~real, vocab)
-        trained, role = _trained_and_role(ids, c, seq_start)
-        if real is not None:
-            trained &= real
-        if with_stats:
-            counted = torch.ones_like(role, dtype=torch.int64) if real is None else real.long()
-            role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=role.device)
-            role_tokens.scatter_add_(1, role.long(), counted)
+    if batch.input_ids.device.type != "cpu":
+        return mask_every_token(batch, spec, ignore_index, with_stats)
+    path = mask_every_token if torch.compiler.is_compiling() else mask_on_marker_runs
+    return in_row_blocks(path, batch, spec, ignore_index, with_stats)
+
+
+def in_row_blocks(path, batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool):
+    """`path` over blocks of whole rows of about `CPU_BLOCK_TOKENS` tokens, concatenated."""
+    size, length = batch.input_ids.shape
+    rows = max(1, CPU_BLOCK_TOKENS // length)
+    if size <= rows:
+        return path(batch, spec, ignore_index, with_stats)
+    parts = [
+        path(batch.rows(i, i + rows), spec, ignore_index, with_stats) for i in range(0, size, rows)
+    ]
+    if not with_stats:
+        return torch.cat([p[0] for p in parts]), None, None
+    return tuple(torch.cat([p[k] for p in parts]) for k in range(3))
+
+
+def mask_every_token(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool) -> Result:
+    """The rules on every token: static shapes, no host sync (GPU, `torch.compile`)."""
+    input_ids, real = batch.input_ids, batch.real
+    c = tables(spec, input_ids.device)
+    size = input_ids.shape[0]
+    vocab = c.match_words.shape[1] - 1
+    ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: no marker uses it
+    if real is not None:
+        ids = ids.masked_fill(~real, vocab)
+    trained, role = _trained_and_role(ids, c, batch.seq_start)
+    if real is not None:
+        trained &= real
+    role_tokens = None
+    if with_stats:
+        counted = torch.ones_like(role, dtype=torch.int64) if real is None else real.long()
+        role_tokens = torch.zeros(size, c.n_roles + 1, dtype=torch.int64, device=role.device)
+        role_tokens.scatter_add_(1, role.long(), counted)
+    return _labels(batch, c, trained, ignore_index, with_stats, None, role_tokens)
+
+
+def mask_on_marker_runs(
+    batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool
+) -> Result:
+    """The rules on the marker tokens and one token per run of others (:func:`_on_marker_runs`):
+    fewer tokens, but data-dependent shapes, so for eager calls on the CPU."""
+    c = tables(spec, batch.input_ids.device)
+    trained, counts, role_tokens = _on_marker_runs(
+        batch.input_ids, c, batch.real, batch.seq_start, with_stats
+    )
+    return _labels(batch, c, trained, ignore_index, with_stats, counts, role_tokens)
+
+
+def _labels(batch: Batch, c: Tables, trained, ignore_index, with_stats, counts, roles) -> Result:
+    """Rule 7 (ignored ids), then the labels; `counts` (trained per row before rule 7, or
+    None) is recounted when rule 7 drops anything."""
+    input_ids, uniforms = batch.input_ids, batch.uniforms
     if c.ignore_ids.numel() and c.ignore_token_prob > 0.0:
         drop = torch.isin(input_ids, c.ignore_ids.to(input_ids.dtype))
         if uniforms is not None:
             drop &= uniforms < c.ignore_token_prob
         trained &= ~drop
-        trained_counts = None  # counted before the drops
-
+        counts = None  # counted before the drops
     labels = torch.where(trained, input_ids, ignore_index)
     if not with_stats:
         return labels, None, None
-    if trained_counts is None:
-        trained_counts = trained.sum(dim=1)
-    return labels, trained_counts, role_tokens
+    if counts is None:
+        counts = trained.sum(dim=1)
+    return labels, counts, roles
 
 
 def _on_marker_runs(
     input_ids: torch.Tensor,
-    c: CompiledSpec,
+    c: Tables,
     real: torch.Tensor | None,
     seq_start: torch.Tensor | None,
     with_stats: bool,
@@ -223,7 +390,7 @@ def _on_marker_runs(
     return trained_all, trained_counts, role_tokens
 
 
-def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tensor | None):
+def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | None):
     """(trained, role): whether each token trains by rules 1-6 (real tokens and rule 7 are
     left to the caller), and the role code of each token (`n_roles` for none).
 
@@ -249,24 +416,24 @@ def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tenso
     # 2. Overlaps: keep a start at or past every earlier match's end.
     kept = word != 0
     if c.can_overlap:
-        reach = _shift_right(torch.cummax(positions + (word & 255), dim=1).values, 0)
+        reach = _shift_right(torch.cummax(positions + (word & LENGTH_MASK), dim=1).values, 0)
         kept &= positions >= reach
         word = torch.where(kept, word, 0)
-    tag = word & TAG_MASK  # (kind + 1) << 8; 0 where no occurrence is kept
-    arg = word >> 11
+    kind = word & KIND_MASK  # tag(kind); 0 where no occurrence is kept
+    arg = word >> ARG_SHIFT
 
     # 3. Coverage: the kept occurrence covering t (its start, length and kind, packed into
     # one cummax), and the kind of the one that ended at t - 1.
     cover = torch.cummax(
         torch.where(kept, (positions << COVER_BITS) + (word & (1 << COVER_BITS) - 1), 0), dim=1
     ).values
-    cover_tag = cover & TAG_MASK
-    cover_end = (cover >> COVER_BITS) + (cover & 255)  # first position after it
+    cover_tag = cover & KIND_MASK
+    cover_end = (cover >> COVER_BITS) + (cover & LENGTH_MASK)  # first position after it
     covered = positions < cover_end
     end_tag = _shift_right(torch.where(cover_end == positions + 1, cover_tag, 0), 0)
 
-    header_start = tag == _tag(HEADER)
-    eot_end = end_tag == _tag(END_OF_TURN)
+    header_start = kind == tag(HEADER)
+    eot_end = end_tag == tag(END_OF_TURN)
     scaled = positions << role_bits
     if packed:
         no_header_code = torch.where(seq_start, scaled + c.initial_role, scaled + c.n_roles)
@@ -282,15 +449,15 @@ def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tenso
         trained = role == train_bits.bit_length() - 1
     else:
         trained = ((train_bits >> role) & 1).bool()
-    trained &= ~(covered & (cover_tag == _tag(HEADER)))
+    trained &= ~(covered & (cover_tag == tag(HEADER)))
     if c.n_spans:
-        open_start = tag == _tag(SPAN_OPEN)
-        close_end = end_tag == _tag(SPAN_CLOSE)
+        open_start = kind == tag(SPAN_OPEN)
+        close_end = end_tag == tag(SPAN_CLOSE)
         if c.n_spans == 1:
             span_event = seq_start | header_start | eot_end | open_start | close_end
             in_span = _last_code(span_event, positions << 1, open_start.to(index_type), 1) == 1
         else:
-            close_start = tag == _tag(SPAN_CLOSE)
+            close_start = kind == tag(SPAN_CLOSE)
             last_close_arg = _last_code(close_start, positions << 6, arg, 6)
             close_arg = _shift_right(last_close_arg, 0)
             state = _span_automaton(
@@ -299,7 +466,7 @@ def _trained_and_role(ids: torch.Tensor, c: CompiledSpec, seq_start: torch.Tenso
             in_span = state != 0
         trained &= ~in_span
     if not c.train_on_end_of_turn:
-        trained &= ~(covered & (cover_tag == _tag(END_OF_TURN)))
+        trained &= ~(covered & (cover_tag == tag(END_OF_TURN)))
     if c.last_turn_only:
         turn_start = (header_start & ((train_bits >> arg) & 1).bool()) | (
             seq_start & bool(train_bits >> c.initial_role & 1)

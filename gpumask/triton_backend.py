@@ -41,8 +41,7 @@ the longest match.
 Random drops. `uniforms` are the float32 draws the front-end takes with `torch.rand`; the
 kernel compares them with the probability rounded to float32, exactly as torch compares a
 float32 tensor with a Python float, so drops match the torch backend bit for bit. Draws of
-another dtype (a changed default dtype), more than 15 span kinds or markers longer than 254
-tokens go to the torch backend.
+another dtype (a changed default dtype) or more than 15 span kinds go to the torch backend.
 
 Bytes per token (ids of w bytes, w = 4 or 8; attention/packing masks 1 byte each when given,
 draws 4 bytes when used): one chunk per row: read w (+ masks, + draws), write w, the same
@@ -69,37 +68,46 @@ Example (on CPU, under TRITON_INTERPRET=1)::
     >>> import torch
     >>> from gpumask import MaskSpec
     >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+    >>> from gpumask.padding import Batch
     >>> ids = torch.tensor([[1, 10, 5, 2, 1, 11, 6, 7, 2, 9]])
-    >>> labels, _, _ = mask_labels_triton(ids, spec.compile(), None, None, None, -100, False)
+    >>> labels, _, _ = mask_labels_triton(Batch(ids), spec, -100, False)
     >>> labels.tolist()
     [[-100, -100, -100, -100, -100, -100, 6, 7, 2, -100]]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, CompiledSpec
+from gpumask import spec as _spec
+from gpumask.padding import Batch
+from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, MaskSpec, tag
 from gpumask.torch_backend import mask_labels_torch
 
-_HEADER = tl.constexpr(HEADER)
-_END_OF_TURN = tl.constexpr(END_OF_TURN)
-_SPAN_OPEN = tl.constexpr(SPAN_OPEN)
-_SPAN_CLOSE = tl.constexpr(SPAN_CLOSE)
+# Marker words are :attr:`gpumask.spec.Marker.word`s; the kernels decode them with these.
+_LENGTH_MASK = tl.constexpr(_spec.LENGTH_MASK)
+_KIND_MASK = tl.constexpr(_spec.KIND_MASK)
+_ARG_SHIFT = tl.constexpr(_spec.ARG_SHIFT)
+_WORD_BITS = tl.constexpr(_spec.WORD_BITS)
+_WORD_MASK = tl.constexpr((1 << _spec.WORD_BITS) - 1)
+_HEADER = tl.constexpr(tag(HEADER))
+_END_OF_TURN = tl.constexpr(tag(END_OF_TURN))
+_SPAN_OPEN = tl.constexpr(tag(SPAN_OPEN))
+_SPAN_CLOSE = tl.constexpr(tag(SPAN_CLOSE))
 
-# Kernel limits: span states are 4-bit entries of an int64; marker lengths fill 8 bits.
+# Kernel limit: span states are 4-bit entries of an int64.
 MAX_SPAN_KINDS = 15
-MAX_MARKER_LEN = 254
 # Launcher tuning (not yet measured on a GPU, see the design note).
 SINGLE_CHUNK_MAX = 2048  # rows up to this length run as one chunk, one kernel
 MIN_BLOCK, MAX_BLOCK = 256, 2048
 PROGRAMS_PER_SM = 4
 MAX_CHUNKS = 8192  # chunks per row, scanned by one program of the carry pass
-MAX_WINDOW = 1 << 15  # lanes are packed in 16 bits
+MAX_WINDOW = 1 << (31 - _spec.WORD_BITS)  # a lane and a marker word share an int32
 
 
 # --- small combinators -----------------------------------------------------------------------
@@ -184,15 +192,15 @@ def _marker_ids(x, ok):
 @triton.jit
 def _window(
     ids_ptr, real_ptr, start_ptr, row, w, T, halo,
-    mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+    mk_ids_ptr, mk_word_ptr, train_ptr, initial,
     M: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
     NSTATES: tl.constexpr, BLOCK: tl.constexpr,
     HAS_REAL: tl.constexpr, HAS_START: tl.constexpr,
 ):  # fmt: skip
     """Occurrences and events of the window [w, w + BLOCK) of one row.
 
-    Occurrence info is packed in an int32: bits 0-7 length, 8-9 kind, 10-15 arg; `last`
-    holds (start lane << 16 | info) of the last kept occurrence at or before each lane.
+    `info` is the word of the longest marker matching at each lane (0: none); `last` holds
+    (start lane << WORD_BITS | word) of the last kept occurrence at or before each lane.
     Events are only reported for chunk lanes (lane >= halo, position < T).
     """
     lane = tl.arange(0, BLOCK)
@@ -220,33 +228,32 @@ def _window(
     # Markers are sorted longest first: trying them shortest first, the last hit is the longest.
     info = tl.zeros([BLOCK], tl.int32)
     for m in tl.static_range(M - 1, -1, -1):
-        length = tl.load(mk_len_ptr + m).to(tl.int32)
+        word = tl.load(mk_word_ptr + m)
+        length = word & _LENGTH_MASK
         hit = tokens[0] == tl.load(mk_ids_ptr + m * K).to(tl.int32)
         for k in tl.static_range(1, K):
             want = tl.load(mk_ids_ptr + m * K + k).to(tl.int32)
             hit = hit & ((tokens[k] == want) | (length <= k))
-        kind = tl.load(mk_kind_ptr + m).to(tl.int32)
-        arg = tl.load(mk_arg_ptr + m).to(tl.int32)
-        info = tl.where(hit, (arg << 10) | (kind << 8) | length, info)
-    size = info & 255
+        info = tl.where(hit, word, info)
+    size = info & _LENGTH_MASK
 
     # Overlaps: keep a start at or past the end of every earlier match.
     previous = tl.maximum(lane - 1, 0)  # a one-lane shift is a gather from the lane before
     reach = tl.associative_scan(tl.where(size > 0, lane + size, 0), 0, _max)
     reach = tl.where(lane == 0, 0, tl.gather(reach, previous, 0))
     kept = (size > 0) & (lane >= reach)
-    last = tl.associative_scan(tl.where(kept, (lane << 16) | info, -1), 0, _max)
+    last = tl.associative_scan(tl.where(kept, (lane << _WORD_BITS) | info, -1), 0, _max)
     before = tl.where(lane == 0, -1, tl.gather(last, previous, 0))
 
     # Events at chunk lanes.
     chunk = (lane >= halo) & (pos < T)
     start = start & chunk
-    kind = (info >> 8) & 3
-    arg = info >> 10
+    kind = info & _KIND_MASK
+    arg = info >> _ARG_SHIFT
     header = chunk & kept & (kind == _HEADER)
     opens = chunk & kept & (kind == _SPAN_OPEN)
-    ended = chunk & (before >= 0) & ((before >> 16) + (before & 255) == lane)
-    end_kind = (before >> 8) & 3
+    ended = chunk & (before >= 0) & (((before >> _WORD_BITS) + (before & _LENGTH_MASK)) == lane)
+    end_kind = before & _KIND_MASK
     eot_end = ended & (end_kind == _END_OF_TURN)
     close_end = ended & (end_kind == _SPAN_CLOSE)
     role_code = tl.where(header, arg, tl.where(start, initial, R))
@@ -260,7 +267,7 @@ def _window(
     maps = tl.zeros([BLOCK], tl.int32 if NSTATES <= 8 else tl.int64)  # 4 bits per state
     if NSTATES > 0:
         reset = start | eot_end | header
-        close_arg = (before >> 10) & 63
+        close_arg = (before & _WORD_MASK) >> _ARG_SHIFT
         for s in tl.static_range(NSTATES):
             state = tl.full([BLOCK], s, tl.int32)
             state = tl.where(reset, 0, state)
@@ -273,7 +280,7 @@ def _window(
 @triton.jit
 def _summarize_kernel(
     ids_ptr, real_ptr, start_ptr, summary_ptr, T, halo, chunk_len, n_chunks,
-    mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+    mk_ids_ptr, mk_word_ptr, train_ptr, initial,
     M: tl.constexpr, K: tl.constexpr, R: tl.constexpr,
     NSTATES: tl.constexpr, BLOCK: tl.constexpr,
     HAS_REAL: tl.constexpr, HAS_START: tl.constexpr,
@@ -285,7 +292,7 @@ def _summarize_kernel(
     row = b.to(tl.int64) * T
     _, _, start, chunk, _, role_key, turn_start, maps, _ = _window(
         ids_ptr, real_ptr, start_ptr, row, c * chunk_len - halo, T, halo,
-        mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+        mk_ids_ptr, mk_word_ptr, train_ptr, initial,
         M, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
     )  # fmt: skip
     lane = tl.arange(0, BLOCK)
@@ -345,7 +352,7 @@ def _carry_kernel(
 def _label_kernel(
     ids_ptr, real_ptr, start_ptr, uniforms_ptr, labels_ptr, carry_ptr, trained_ptr, roles_ptr,
     T, halo, chunk_len, n_chunks,
-    mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial, ignore_ptr,
+    mk_ids_ptr, mk_word_ptr, train_ptr, initial, ignore_ptr,
     prob, ignore_index,
     M: tl.constexpr, K: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
     NSTATES: tl.constexpr, N_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
@@ -360,7 +367,7 @@ def _label_kernel(
     w = c * chunk_len - halo
     x, real, start, chunk, last, role_key, turn_start, maps, train_bits = _window(
         ids_ptr, real_ptr, start_ptr, row, w, T, halo,
-        mk_ids_ptr, mk_len_ptr, mk_kind_ptr, mk_arg_ptr, train_ptr, initial,
+        mk_ids_ptr, mk_word_ptr, train_ptr, initial,
         M, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
     )  # fmt: skip
     lane = tl.arange(0, BLOCK)
@@ -380,8 +387,8 @@ def _label_kernel(
     role = tl.associative_scan(role_key, 0, _max)
     role = tl.where(role >= 0, role & 255, role_in)
     trained = chunk & real & (((train_bits >> role.to(train_bits.dtype)) & 1) != 0)
-    covered = (last >= 0) & ((last >> 16) + (last & 255) > lane)
-    cover_kind = (last >> 8) & 3
+    covered = (last >= 0) & ((last >> _WORD_BITS) + (last & _LENGTH_MASK) > lane)
+    cover_kind = last & _KIND_MASK
     trained = trained & ~(covered & (cover_kind == _HEADER))
     if not TRAIN_EOT:
         trained = trained & ~(covered & (cover_kind == _END_OF_TURN))
@@ -456,16 +463,40 @@ def _layout(batch: int, length: int, max_len: int, device: torch.device, block: 
     return block, halo, block - halo, -(-length // (block - halo))
 
 
+@dataclasses.dataclass(frozen=True)
+class Tables:
+    """What the kernels read, for one spec on one device (built by :func:`tables`): the
+    markers' ids `[M, K]` (int64, padded with -1) and words `[M]` (int32,
+    :attr:`gpumask.spec.Marker.word`), longest first; which role codes train `[R + 1]`
+    (bool, code R is none); the ids of `ignore_token_ids` `[I]`; the initial role's code."""
+
+    ids: torch.Tensor
+    words: torch.Tensor
+    train_role: torch.Tensor
+    ignore_ids: torch.Tensor
+    initial_role: int
+
+
+def _build_tables(spec: MaskSpec, device: torch.device) -> Tables:
+    width = spec.max_marker_len
+    ids = [list(m.ids) + [-1] * (width - len(m.ids)) for m in spec.markers]
+    trains = [name in spec.train_roles for name in spec.role_names] + [False]
+    return Tables(
+        ids=torch.tensor(ids, dtype=torch.int64, device=device),
+        words=torch.tensor([m.word for m in spec.markers], dtype=torch.int32, device=device),
+        train_role=torch.tensor(trains, dtype=torch.bool, device=device),
+        ignore_ids=torch.tensor(spec.ignore_token_ids, dtype=torch.int64, device=device),
+        initial_role=spec.initial_code,
+    )
+
+
+def tables(spec: MaskSpec, device: torch.device | str) -> Tables:
+    """The kernels' :class:`Tables` for `spec` on `device`, built once and cached."""
+    return spec.cached("triton", _build_tables, device)
+
+
 def mask_labels_triton(
-    input_ids: torch.Tensor,
-    compiled: CompiledSpec,
-    real: torch.Tensor | None,
-    seq_start: torch.Tensor | None,
-    uniforms: torch.Tensor | None,
-    ignore_index: int,
-    with_stats: bool,
-    *,
-    block: int | None = None,
+    batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool, *, block: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Labels `[B, T]`, and when `with_stats` trained counts `[B]` and role counts `[B, R+1]`.
 
@@ -476,53 +507,55 @@ def mask_labels_triton(
     Example::
 
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
-        >>> ids = torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]])
-        >>> mask_labels_triton(ids, spec.compile(), None, None, None, -100, False)[0].tolist()
+        >>> batch = Batch(torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]]))
+        >>> mask_labels_triton(batch, spec, -100, False)[0].tolist()
         [[-100, -100, 6, 2, -100, -100, 7, 2]]
     """
+    input_ids, real, seq_start, uniforms = (
+        batch.input_ids, batch.real, batch.seq_start, batch.uniforms
+    )  # fmt: skip
     if not input_ids.is_cuda and not INTERPRETED:
         raise ValueError(
             f"input_ids: on {input_ids.device}; the Triton backend runs on CUDA tensors (or in "
             "Triton's interpreter, with TRITON_INTERPRET=1 set before triton is imported); "
             "use backend='torch' on this device"
         )
-    c = compiled
-    batch, length = input_ids.shape
-    ignoring = c.ignore_ids.numel() > 0 and c.ignore_token_prob > 0.0
+    size, length = input_ids.shape
+    ignoring = bool(spec.ignore_token_ids) and spec.ignore_token_prob > 0.0
     if (
-        batch == 0
-        or c.n_spans > MAX_SPAN_KINDS
-        or c.max_len > MAX_MARKER_LEN
+        size == 0
+        or len(spec.masked_spans) > MAX_SPAN_KINDS
         or (ignoring and uniforms is not None and uniforms.dtype != torch.float32)
     ):
-        return mask_labels_torch(input_ids, c, real, seq_start, uniforms, ignore_index, with_stats)
+        return mask_labels_torch(batch, spec, ignore_index, with_stats)
     device = input_ids.device
+    c = tables(spec, device)
     ids = input_ids.contiguous()
     real = None if real is None else real.contiguous()
     seq_start = None if seq_start is None else seq_start.contiguous()
     uniforms = uniforms.contiguous() if ignoring and uniforms is not None else None
-    BLOCK, halo, chunk_len, n_chunks = _layout(batch, length, c.max_len, device, block)
-    n_markers = c.ids.shape[0]
-    n_states = 0 if c.n_spans == 0 else _pow2(c.n_spans + 1)
+    BLOCK, halo, chunk_len, n_chunks = _layout(size, length, spec.max_marker_len, device, block)
+    n_markers = len(spec.markers)
+    n_states = 0 if len(spec.masked_spans) == 0 else _pow2(len(spec.masked_spans) + 1)
     common = dict(
-        M=n_markers, K=c.max_len, R=c.n_roles,
+        M=n_markers, K=spec.max_marker_len, R=len(spec.roles),
         NSTATES=n_states, BLOCK=BLOCK, HAS_REAL=real is not None,
         HAS_START=seq_start is not None, num_warps=min(8, max(1, BLOCK // 256)),
     )  # fmt: skip
-    markers = (c.ids, c.lengths, c.kinds, c.args, c.train_role, c.initial_role)
+    markers = (c.ids, c.words, c.train_role, c.initial_role)
     dummy = ids
     real_arg = dummy if real is None else real
     start_arg = dummy if seq_start is None else seq_start
 
     carry = dummy
     if n_chunks > 1:
-        summary = torch.empty(batch, n_chunks, 4, dtype=torch.int64, device=device)
-        carry = torch.empty(batch, 4, n_chunks + 1, dtype=torch.int64, device=device)
-        _summarize_kernel[(batch * n_chunks,)](
+        summary = torch.empty(size, n_chunks, 4, dtype=torch.int64, device=device)
+        carry = torch.empty(size, 4, n_chunks + 1, dtype=torch.int64, device=device)
+        _summarize_kernel[(size * n_chunks,)](
             ids, real_arg, start_arg, summary, length, halo, chunk_len, n_chunks,
             *markers, **common,
         )  # fmt: skip
-        _carry_kernel[(batch,)](
+        _carry_kernel[(size,)](
             summary, carry, n_chunks, c.initial_role,
             NSTATES=n_states, BLOCK_C=_pow2(n_chunks + 1), num_warps=4,
         )  # fmt: skip
@@ -530,15 +563,15 @@ def mask_labels_triton(
     labels = torch.empty_like(ids)
     trained = roles = dummy
     if with_stats:
-        trained = torch.zeros(batch, dtype=torch.int64, device=device)
-        roles = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=device)
-    _label_kernel[(batch * n_chunks,)](
+        trained = torch.zeros(size, dtype=torch.int64, device=device)
+        roles = torch.zeros(size, len(spec.roles) + 1, dtype=torch.int64, device=device)
+    _label_kernel[(size * n_chunks,)](
         ids, real_arg, start_arg, dummy if uniforms is None else uniforms, labels, carry,
         trained, roles, length, halo, chunk_len, n_chunks, *markers,
-        c.ignore_ids if ignoring else dummy, c.ignore_token_prob, ignore_index,
-        RP=_pow2(c.n_roles + 1), N_IGNORE=c.ignore_ids.numel() if ignoring else 0,
+        c.ignore_ids if ignoring else dummy, spec.ignore_token_prob, ignore_index,
+        RP=_pow2(len(spec.roles) + 1), N_IGNORE=c.ignore_ids.numel() if ignoring else 0,
         HAS_UNIFORMS=uniforms is not None, CARRY=n_chunks > 1,
-        TRAIN_EOT=c.train_on_end_of_turn, LAST_TURN=c.last_turn_only,
+        TRAIN_EOT=spec.train_on_end_of_turn, LAST_TURN=spec.last_turn_only,
         WITH_STATS=with_stats, **common,
     )  # fmt: skip
     if not with_stats:

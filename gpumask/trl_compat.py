@@ -42,23 +42,16 @@ Example::
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from gpumask.collators import (
-    check_padding_options,
-    mask_batch,
-    pad_examples,
-    padded_length,
-    row_lengths,
-    split_examples,
-    warn_untrained,
-)
-from gpumask.spec import MaskSpec
+from gpumask import padding
+from gpumask.collators import mask_batch
+from gpumask.reports import template_reason, warn_untrained
+from gpumask.spec import MaskSpec, is_id_list
 
 # Arguments of transformers' DataCollatorForLanguageModeling that only matter with mlm=True.
 _MLM_ONLY = ("mlm_probability", "mask_replace_prob", "random_replace_prob", "seed")
@@ -147,9 +140,9 @@ class DataCollatorForCompletionOnlyLM:
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
         padding_side = getattr(tokenizer, "padding_side", None) or "right"
-        check_padding_options(padding_side, pad_to_multiple_of)
+        padding.check_padding_options(padding_side, pad_to_multiple_of)
 
-        single = isinstance(instruction_template, str) or _is_ids(instruction_template)
+        single = isinstance(instruction_template, str) or is_id_list(instruction_template)
         if instruction_template is None:
             instructions = []
         elif single:
@@ -194,9 +187,9 @@ class DataCollatorForCompletionOnlyLM:
 
     def torch_call(self, examples: Sequence[Any]) -> dict[str, Any]:
         """The batch for `examples` (dicts with `input_ids`, or bare id sequences)."""
-        rows, masks = split_examples(examples)
-        lengths = row_lengths(rows)
-        length = padded_length(lengths, self.pad_to_multiple_of)
+        rows, masks = padding.split_examples(examples)
+        lengths = padding.row_lengths(rows)
+        length = padding.padded_length(lengths, self.pad_to_multiple_of)
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None and any(n != length for n in lengths):
             raise ValueError(
@@ -205,56 +198,39 @@ class DataCollatorForCompletionOnlyLM:
             )
         padding_side = getattr(self.tokenizer, "padding_side", None) or "right"
         fill = 0 if pad_id is None else pad_id
-        input_ids, attention_mask, _, real = pad_examples(rows, masks, length, fill, padding_side)
+        input_ids, attention_mask, _, real = padding.pad_examples(
+            rows, masks, length, fill, padding_side
+        )
         labels, trained, role_tokens = mask_batch(input_ids, real, self.spec, self.ignore_index)
-        self._report(trained, role_tokens)
+        found = role_tokens[:, self.spec.role_names.index("response")] > 0
+        reasons = {
+            i: template_reason(
+                bool(found[i]),
+                self.response_template,
+                self.response_token_ids,
+                self.instruction_template is not None,
+            )
+            for i in np.flatnonzero(trained == 0).tolist()
+        }
+        warn_untrained("DataCollatorForCompletionOnlyLM", len(trained), reasons, stacklevel=4)
         if not self.padding_free:
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
             return {k: torch.from_numpy(v) for k, v in batch.items()}
-        real = attention_mask.astype(bool)
-        position_ids = attention_mask.cumsum(1)[real][None] - 1
-        labels = labels[real][None]
-        labels[position_ids == 0] = self.ignore_index
-        flat = position_ids[0]
-        starts = np.flatnonzero(flat == 0)
-        cu_seq_lens = torch.from_numpy(np.append(starts, flat.size).astype(np.int32)[None])
-        max_length = torch.tensor([int(flat.max()) + 1])
+        keep = attention_mask.astype(bool)
+        padding.not_a_target_at_starts(
+            torch.from_numpy(labels),
+            torch.from_numpy(padding.first_tokens(keep)),
+            self.ignore_index,
+        )
+        input_ids, position_ids, labels, lengths = padding.flatten(input_ids, keep, labels)
+        offsets = padding.cu_seq_lens(lengths[lengths > 0])[None]  # TRL skips empty rows
+        max_length = torch.tensor([int(lengths.max())])
         return {
-            "input_ids": torch.from_numpy(input_ids[real][None]),
-            "labels": torch.from_numpy(labels),
-            "position_ids": torch.from_numpy(position_ids),
-            "cu_seq_lens_q": cu_seq_lens,
-            "cu_seq_lens_k": cu_seq_lens,
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_ids,
+            "cu_seq_lens_q": offsets,
+            "cu_seq_lens_k": offsets,
             "max_length_k": max_length,
             "max_length_q": max_length,
         }
-
-    def _report(self, trained: np.ndarray, role_tokens: np.ndarray) -> None:
-        rows = np.flatnonzero(trained == 0).tolist()
-        if not rows:
-            return
-        found = role_tokens[:, self.spec.role_names.index("response")] > 0
-        reasons = {}
-        for i in rows:
-            if not found[i]:
-                reasons[i] = (
-                    f"response template {self.response_template!r} (ids "
-                    f"{self.response_token_ids}) not found"
-                )
-            elif self.instruction_template is None:
-                reasons[i] = "nothing follows the last response template (truncated?)"
-            else:
-                reasons[i] = (
-                    "no reply: every response template is at the end of the row or "
-                    "followed at once by an instruction template"
-                )
-        warn_untrained("DataCollatorForCompletionOnlyLM", len(trained), reasons, stacklevel=5)
-
-
-def _is_ids(value: Any) -> bool:
-    """A template given as token ids (a sequence of ints), not a list of templates."""
-    return (
-        isinstance(value, Sequence)
-        and not isinstance(value, str)
-        and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in value)
-    )

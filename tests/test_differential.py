@@ -1,7 +1,7 @@
 """The torch backend against the reference oracle on random formats, streams and layouts.
 
-Eager CPU calls skip the runs of plain tokens (`skip_plain_runs`); compiled and GPU calls run
-every token. Both ways are checked here on the CPU.
+Eager CPU calls skip the runs of plain tokens (`mask_on_marker_runs`); compiled and GPU calls
+run every token (`mask_every_token`). Both paths are checked here on the CPU.
 """
 
 from unittest import mock
@@ -11,7 +11,18 @@ from hypothesis import given, settings
 from strategies import masking_cases
 
 from gpumask import mask_labels
+from gpumask.padding import Batch
 from gpumask.reference import mask_labels_reference
+from gpumask.torch_backend import mask_every_token, tables
+
+
+def on_every_token(input_ids, spec, attention_mask=None, position_ids=None, cu_seqlens=None,
+                   generator=None, return_stats=False):  # fmt: skip
+    """`mask_labels(..., backend="torch")` through the path compiled and GPU calls take."""
+    uniforms = spec.draws(input_ids, generator)
+    batch = Batch.of(input_ids, attention_mask, position_ids, cu_seqlens, uniforms)
+    labels, trained, role_tokens = mask_every_token(batch, spec, -100, return_stats)
+    return labels, {"trained": trained, "role_tokens": role_tokens}
 
 
 def run_both(case, fn):
@@ -49,24 +60,20 @@ def test_torch_backend_matches_oracle_on_longer_rows(case):
 @given(masking_cases())
 def test_torch_backend_on_every_token_matches_oracle(case):
     # As under torch.compile or on a GPU: no skipping of plain runs.
-    with mock.patch("gpumask.masking.eager_on_cpu", return_value=False):
-        got = run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k))
-    assert_same(*got)
+    assert_same(*run_both(case, on_every_token))
 
 
 @settings(max_examples=100, deadline=None, derandomize=True)
 @given(masking_cases(max_batch=2, max_length=300))
 def test_torch_backend_on_every_token_matches_oracle_on_longer_rows(case):
-    with mock.patch("gpumask.masking.eager_on_cpu", return_value=False):
-        got = run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k))
-    assert_same(*got)
+    assert_same(*run_both(case, on_every_token))
 
 
 @settings(max_examples=500, deadline=None, derandomize=True)
 @given(masking_cases())
 def test_torch_backend_matches_oracle_with_bitmask_matching(case):
     # Specs whose window table would be too large match with per-offset bitmasks instead.
-    with mock.patch("gpumask.spec.MAX_WINDOW_TABLE", 0):
+    with mock.patch("gpumask.torch_backend.MAX_WINDOW_TABLE", 0):
         got = run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k))
-    assert case[0].compile().window_words is None
+    assert tables(case[0]).window_words is None
     assert_same(*got)

@@ -70,7 +70,9 @@ def test_cpu_row_blocks_give_the_same_labels_and_stats(monkeypatch):
     whole, whole_stats = mask_labels(
         ids, chat, generator=torch.Generator().manual_seed(3), **kwargs
     )
-    monkeypatch.setattr("gpumask.masking.CPU_BLOCK_TOKENS", 2 * ids.shape[1])  # blocks of 2 rows
+    monkeypatch.setattr(
+        "gpumask.torch_backend.CPU_BLOCK_TOKENS", 2 * ids.shape[1]
+    )  # blocks of 2 rows
     blocked, stats = mask_labels(ids, chat, generator=torch.Generator().manual_seed(3), **kwargs)
     assert torch.equal(blocked, whole)
     assert torch.equal(stats["trained"], whole_stats["trained"])

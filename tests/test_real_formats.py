@@ -19,7 +19,7 @@ import random
 
 import pytest
 import torch
-from test_chat_templates import FAMILIES, load_family
+from families import FAMILIES, load_family
 
 from gpumask import MaskSpec, mask_labels
 

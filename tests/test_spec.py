@@ -1,4 +1,4 @@
-"""MaskSpec: markers from strings in context, identity, compilation, repr."""
+"""MaskSpec: markers from strings in context, identity, backend tables, repr."""
 
 import os
 
@@ -8,6 +8,7 @@ from conftest import TOKENIZERS
 from transformers import AutoTokenizer
 
 from gpumask import MaskSpec, mask_labels
+from gpumask.torch_backend import tables
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,10 @@ def test_equal_specs_hash_alike_and_replace_changes_one_option():
     assert c != a and c.last_turn_only and c.roles == a.roles
 
 
-def test_compile_is_cached_per_device():
+def test_backend_tables_are_cached_per_device():
     spec = MaskSpec(roles={"assistant": [1, 2], "user": [1, 3]}, end_of_turn=[4])
-    assert spec.compile("cpu") is spec.compile(torch.device("cpu"))
-    compiled = spec.compile("cpu")
+    assert tables(spec, "cpu") is tables(spec, torch.device("cpu"))
+    compiled = tables(spec, "cpu")
     assert compiled.max_len == 2 and compiled.n_roles == 2
     # marker bit m at offset k: header [1, 2] and [1, 3] both accept id 1 first
     assert compiled.match_words[0, 1].item() == 0b011

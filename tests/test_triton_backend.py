@@ -21,7 +21,7 @@ import torch
 pytest.importorskip("triton")
 
 from gpumask import MaskSpec, mask_labels  # noqa: E402
-from gpumask.masking import prepare_layout  # noqa: E402
+from gpumask.padding import Batch  # noqa: E402
 from gpumask.reference import mask_labels_reference  # noqa: E402
 from gpumask.torch_backend import mask_labels_torch  # noqa: E402
 from gpumask.triton_backend import INTERPRETED, MAX_SPAN_KINDS, mask_labels_triton  # noqa: E402
@@ -35,13 +35,12 @@ def run_triton(ids, spec, block=None, attention_mask=None, position_ids=None, cu
                seed=0, with_stats=False):  # fmt: skip
     """The kernel as `mask_labels` calls it, with a forced block (window) size, on DEVICE; the
     draws are those of `mask_labels_reference` with a CPU generator seeded with `seed`."""
-    real, seq_start = prepare_layout(ids, attention_mask, position_ids, cu_seqlens)
     uniforms = None
     if spec.ignore_token_ids and 0.0 < spec.ignore_token_prob < 1.0:
         uniforms = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed))
-    moved = [None if t is None else t.to(DEVICE) for t in (ids, real, seq_start, uniforms)]
-    results = mask_labels_triton(*moved[:1], spec.compile(DEVICE), *moved[1:], -100, with_stats,
-                                 block=block)  # fmt: skip
+    batch = Batch.of(ids, attention_mask, position_ids, cu_seqlens, uniforms)
+    moved = Batch(*(None if t is None else t.to(DEVICE) for t in vars(batch).values()))
+    results = mask_labels_triton(moved, spec, -100, with_stats, block=block)
     labels, trained, roles = (None if t is None else t.cpu() for t in results)
     return (labels, trained, roles) if with_stats else labels
 
@@ -120,7 +119,7 @@ def random_case(rng: random.Random):
         ends = [rng.choice([0, 0, 0, 1]), rng.choice([length, length, length - 1])]
         layout["cu_seqlens"] = torch.tensor(sorted(cuts + ends), dtype=torch.int32)
     block = rng.choice([None, 16, 16, 32])
-    if block is not None and block <= 2 * spec.compile().max_len - 1:
+    if block is not None and block <= 2 * spec.max_marker_len - 1:
         block = 32
     return spec, ids, layout, block, rng.randrange(1 << 20)
 
@@ -157,11 +156,10 @@ def test_random_cases_cover_every_option():
         rng = random.Random(1000 + group)
         for _ in range(30):
             spec, ids, layout, block, _ = random_case(rng)
-            compiled = spec.compile()
             chunks = block is not None and ids.shape[1] > block
             chunked += chunks
             seen |= {f"layout:{k}" for k in layout} | {f"dtype:{ids.dtype}"}
-            seen |= {f"spans:{compiled.n_spans}", f"chunked:{chunks}"}
+            seen |= {f"spans:{len(spec.masked_spans)}", f"chunked:{chunks}"}
             seen |= {f"last_turn_only:{spec.last_turn_only}", f"eot:{spec.train_on_end_of_turn}"}
             seen |= {f"initial:{spec.initial_role is not None}"}
             if spec.ignore_token_ids:
@@ -335,13 +333,13 @@ def test_draws_compare_in_float32_as_torch_does():
     spec = CHATML.replace(ignore_token_ids=[8], ignore_token_prob=0.7)
     ids = torch.tensor([[1, 22, 8, 8, 2]])
     uniforms = torch.tensor([[0.0, 0.0, 0.7, 0.6999, 0.0]], dtype=torch.float32)
-    ids, uniforms, compiled = ids.to(DEVICE), uniforms.to(DEVICE), spec.compile(DEVICE)
-    expected = mask_labels_torch(ids, compiled, None, None, uniforms, -100, False)[0]
-    labels = mask_labels_triton(ids, compiled, None, None, uniforms, -100, False)[0]
+    ids, uniforms = ids.to(DEVICE), uniforms.to(DEVICE)
+    expected = mask_labels_torch(Batch(ids, uniforms=uniforms), spec, -100, False)[0]
+    labels = mask_labels_triton(Batch(ids, uniforms=uniforms), spec, -100, False)[0]
     assert labels.tolist() == expected.tolist() == [[N, N, 8, N, 2]]
     draws64 = uniforms.double()  # another dtype goes to the torch backend, same result
-    assert mask_labels_triton(ids, compiled, None, None, draws64, -100, False)[0].tolist() == (
-        mask_labels_torch(ids, compiled, None, None, draws64, -100, False)[0].tolist()
+    assert mask_labels_triton(Batch(ids, uniforms=draws64), spec, -100, False)[0].tolist() == (
+        mask_labels_torch(Batch(ids, uniforms=draws64), spec, -100, False)[0].tolist()
     )
 
 
@@ -397,7 +395,8 @@ COMPILE_FOR_H100 = textwrap.dedent("""
 
     def compile_(fn, ids, consts, num_warps):
         types = {"ids_ptr": ids, "labels_ptr": ids, "real_ptr": "*i1", "start_ptr": "*i1",
-                 "train_ptr": "*i1", "uniforms_ptr": "*fp32", "prob": "fp32"}
+                 "train_ptr": "*i1", "uniforms_ptr": "*fp32", "prob": "fp32",
+                 "mk_word_ptr": "*i32"}
         names = fn.arg_names
         signature = {n: "constexpr" if n in consts else types.get(n, "*i64" if n.endswith("_ptr")
                      else "i32") for n in names}

@@ -1,4 +1,4 @@
-"""In-step masking: `attach(model, spec)` makes a model compute its own labels, on its device.
+"""The forward hook: `attach(model, spec)` makes a model compute its own labels, on its device.
 
 A forward pre-hook fills `labels` from `input_ids` (with `attention_mask`, and `position_ids`
 or `cu_seq_lens_q` for padding-free batches) whenever a training forward call carries no
@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from gpumask.masking import mask_labels
+from gpumask.padding import not_a_target_at_starts, sequence_starts
 from gpumask.spec import MaskSpec
 
 _ATTRIBUTE = "_gpumask_hook"
@@ -125,12 +126,8 @@ class MaskingHook:
         )
         if self.stats:
             labels, self.last_stats = labels
-        # In a packed row the first token of a sequence follows another sequence: never a target.
-        if position_ids is not None:
-            labels = labels.masked_fill(position_ids == 0, self.ignore_index)
-        elif cu_seqlens is not None:
-            starts = cu_seqlens[:-1].long().clamp(max=input_ids.shape[1] - 1)
-            labels = labels.index_fill(1, starts, self.ignore_index)
+        starts = sequence_starts(input_ids.shape[1], position_ids, cu_seqlens)
+        labels = not_a_target_at_starts(labels, starts, self.ignore_index)
         return args, {**kwargs, "labels": labels}
 
 

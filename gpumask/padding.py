@@ -1,0 +1,261 @@
+"""Padding and packing, in one place: rows to a padded batch, a padded batch to a padding-free
+one, where packed sequences start, the rule that the first token of a packed sequence is not a
+target (it follows another sequence), and :class:`Batch`, a batch as the backends read it.
+
+Example::
+
+    >>> ids, keep = pad_rows([np.array([5, 6, 7]), np.array([8])], 4, fill=0, padding_side="left")
+    >>> ids.tolist(), first_tokens(keep).tolist()
+    ([[0, 5, 6, 7], [0, 0, 0, 8]], [[False, True, False, False], [False, False, False, True]])
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+_TENSOR_ID_TYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+Row = np.ndarray | torch.Tensor  # 1-D, integer
+
+
+def _as_row(value: Any, index: int, key: str | None = None) -> Row:
+    """`examples[index][key]` (or `examples[index]`): token ids as a 1-D int64 array, from a
+    list or numpy array; a 1-D integer tensor is kept as it is (:func:`pad_rows` joins
+    tensors in one `torch.cat`)."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 1 and value.dtype in _TENSOR_ID_TYPES:  # (never requires grad)
+            return value
+        value = value.detach().cpu().numpy()
+    elif type(value) in (list, tuple) and not (value and isinstance(value[0], bool)):
+        # Python ints straight into int64 (a third faster than numpy's type inference); any
+        # other item (float, str, None, too large) raises, and numpy below says what it is.
+        try:
+            return np.frombuffer(array.array("q", value), dtype=np.int64)
+        except (TypeError, OverflowError):
+            pass
+    where = f"examples[{index}]" if key is None else f"examples[{index}][{key!r}]"
+    try:
+        row = np.asarray(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"{where}: expected a sequence of token ids, got {type(value).__name__}"
+        ) from error
+    if row.ndim != 1:
+        raise ValueError(
+            f"{where}: expected a 1-D sequence of token ids, got shape {tuple(row.shape)}"
+        )
+    if row.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if row.dtype.kind not in "iub" or row.dtype == np.bool_:
+        raise TypeError(f"{where}: expected integer token ids, got dtype {row.dtype}")
+    return row.astype(np.int64, copy=False)
+
+
+def split_examples(examples: Sequence[Any]) -> tuple[list[Row], list[Row] | None]:
+    """(input_ids rows, attention_mask rows or None) from dicts or bare id sequences."""
+    if isinstance(examples, Mapping) or isinstance(examples, str | bytes):
+        raise TypeError(f"examples: expected a list of examples, got {type(examples).__name__}")
+    if len(examples) == 0:
+        raise ValueError("examples: empty batch")
+    if not isinstance(examples[0], Mapping):
+        return [_as_row(example, i) for i, example in enumerate(examples)], None
+    for i, example in enumerate(examples):
+        if not isinstance(example, Mapping) or "input_ids" not in example:
+            raise ValueError(
+                f"examples[{i}]: expected a dict with 'input_ids', got "
+                f"{type(example).__name__} with keys "
+                f"{list(example) if isinstance(example, Mapping) else None}"
+            )
+    rows = [_as_row(example["input_ids"], i, "input_ids") for i, example in enumerate(examples)]
+    masks = [example.get("attention_mask") for example in examples]
+    if all(mask is None for mask in masks):
+        return rows, None
+    for i, mask in enumerate(masks):
+        if mask is None:
+            masks[i] = np.ones(rows[i].shape[0], dtype=np.int64)
+            continue
+        masks[i] = mask = _as_row(mask, i, "attention_mask")
+        if mask.shape[0] != rows[i].shape[0]:
+            raise ValueError(
+                f"examples[{i}]['attention_mask']: length {mask.shape[0]} does "
+                f"not match input_ids length {rows[i].shape[0]}"
+            )
+    return rows, masks
+
+
+def padded_length(lengths: Sequence[int], pad_to_multiple_of: int | None) -> int:
+    """The batch length: the longest row, rounded up to a multiple of `pad_to_multiple_of`."""
+    length = max(lengths)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    return length
+
+
+def row_lengths(rows: Sequence[Row]) -> list[int]:
+    return [row.shape[0] for row in rows]
+
+
+def _concatenate(rows: Sequence[Row]) -> np.ndarray:
+    """The rows end to end, int64: one `torch.cat` when they are all CPU tensors."""
+    if all(isinstance(row, torch.Tensor) and row.is_cpu for row in rows):
+        return torch.cat(list(rows)).numpy().astype(np.int64, copy=False)
+    return np.concatenate(
+        [row.cpu().numpy() if isinstance(row, torch.Tensor) else row for row in rows]
+    ).astype(np.int64, copy=False)
+
+
+def pad_rows(
+    rows: Sequence[Row], length: int, fill: int, padding_side: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(`[B, length]` int64 array of `rows` padded with `fill`, bool mask of the row tokens).
+
+    One concatenation and one masked fill for the whole batch, in numpy (which, unlike torch's
+    threaded CPU kernels, costs the same on a busy machine); no per-row writes.
+    """
+    lengths = np.array(row_lengths(rows), dtype=np.int64)
+    positions = np.arange(length)
+    if padding_side == "left":
+        keep = positions[None, :] >= (length - lengths)[:, None]
+    else:
+        keep = positions[None, :] < lengths[:, None]
+    out = np.full((len(rows), length), fill, dtype=np.int64)
+    out[keep] = _concatenate(rows)
+    return out, keep
+
+
+def pad_examples(
+    rows: Sequence[Row], masks: Sequence[Row] | None, length: int, fill: int, padding_side: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask, keep, real) of a batch padded to `length`: the ids padded
+    with `fill`, the attention mask (int64: the given masks padded with 0, else 1 on every row
+    token), the row tokens (bool), and what :func:`mask_batch` reads as real tokens: `keep`
+    when no mask was given (bool, no conversion), else the attention mask (nonzero)."""
+    input_ids, keep = pad_rows(rows, length, fill, padding_side)
+    if masks is None:
+        return input_ids, keep.astype(np.int64), keep, keep
+    attention_mask, _ = pad_rows(masks, length, 0, padding_side)
+    return input_ids, attention_mask, keep, attention_mask
+
+
+def check_padding_options(padding_side: str, pad_to_multiple_of: int | None) -> None:
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side: expected 'left' or 'right', got {padding_side!r}")
+    if pad_to_multiple_of is not None and (
+        isinstance(pad_to_multiple_of, bool)
+        or not isinstance(pad_to_multiple_of, int)
+        or pad_to_multiple_of < 1
+    ):
+        raise ValueError(
+            f"pad_to_multiple_of: expected a positive int or None, got {pad_to_multiple_of!r}"
+        )
+
+
+def first_tokens(keep: np.ndarray) -> np.ndarray:
+    """The first kept token of each row (bool `[B, T]`): where its sequence starts once the
+    rows are packed into one (:func:`flatten`)."""
+    return keep & (keep.cumsum(1) == 1)
+
+
+def sequence_starts(
+    length: int, position_ids: torch.Tensor | None, cu_seqlens: torch.Tensor | None
+) -> torch.Tensor | None:
+    """Where packed sequences start (bool `[B, T]`, or `[1, T]` from `cu_seqlens`), or None
+    for one sequence per row: `position_ids` restarting at 0, or the offsets in `cu_seqlens`
+    (those at or past `length` start nothing).
+
+    Example::
+
+        >>> sequence_starts(5, None, torch.tensor([0, 2, 5])).tolist()
+        [[True, False, True, False, False]]
+    """
+    if position_ids is not None:
+        return position_ids == 0
+    if cu_seqlens is None:
+        return None
+    offsets = cu_seqlens[:-1].long()
+    starts = torch.zeros(length, dtype=torch.int64, device=cu_seqlens.device)
+    starts.scatter_add_(0, offsets.clamp(0, length - 1), (offsets < length).long())
+    return (starts > 0)[None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """A batch as the backends read it (made by :func:`gpumask.mask_labels`): `input_ids`
+    `[B, T]`; `real` (bool `[B, T]`, None: all real) marks real tokens; `seq_start` (bool
+    `[B, T]`, None: only t = 0) marks where packed sequences start; `uniforms` are the draws
+    of rule 7 (:meth:`gpumask.MaskSpec.draws`) or None."""
+
+    input_ids: torch.Tensor
+    real: torch.Tensor | None = None
+    seq_start: torch.Tensor | None = None
+    uniforms: torch.Tensor | None = None
+
+    @classmethod
+    def of(
+        cls,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        uniforms: torch.Tensor | None = None,
+    ) -> Batch:
+        """The batch of validated `mask_labels` arguments. None stands for "all real" and
+        "one sequence per row", so the common case costs nothing.
+
+        Example::
+
+            >>> b = Batch.of(torch.tensor([[5, 6, 7]]), cu_seqlens=torch.tensor([0, 1, 2]))
+            >>> b.real.tolist(), b.seq_start.tolist()
+            ([[True, True, False]], [[True, True, False]])
+        """
+        real = attention_mask
+        if attention_mask is not None and attention_mask.dtype != torch.bool:
+            real = attention_mask != 0
+        length = input_ids.shape[1]
+        if cu_seqlens is not None:  # positions at or past the last offset are padding
+            positions = torch.arange(length, device=input_ids.device)
+            inside = ((positions >= cu_seqlens[0]) & (positions < cu_seqlens[-1]))[None]
+            real = inside if real is None else real & inside
+        return cls(input_ids, real, sequence_starts(length, position_ids, cu_seqlens), uniforms)
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows `start:stop` of the batch."""
+        parts = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return Batch(*(None if x is None else x[start:stop] for x in parts))
+
+
+def not_a_target_at_starts(
+    labels: torch.Tensor, starts: torch.Tensor | None, ignore_index: int
+) -> torch.Tensor:
+    """`labels` with `ignore_index` at every packed sequence start, in place: the first token of
+    a packed sequence follows another sequence, so predicting it is no target."""
+    return labels if starts is None else labels.masked_fill_(starts, ignore_index)
+
+
+def flatten(
+    input_ids: np.ndarray, keep: np.ndarray, labels: np.ndarray | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, np.ndarray]:
+    """A padded batch as one padding-free row: (input_ids `[1, N]`, position_ids `[1, N]`
+    restarting at 0 for each row, labels `[1, N]` or None, the kept tokens of each row)."""
+    position_ids = keep.cumsum(1)[keep][None] - 1
+    flat_labels = None if labels is None else torch.from_numpy(labels[keep][None])
+    return (
+        torch.from_numpy(input_ids[keep][None]),
+        torch.from_numpy(position_ids),
+        flat_labels,
+        keep.sum(1),
+    )
+
+
+def cu_seq_lens(lengths: np.ndarray) -> torch.Tensor:
+    """Offsets of sequences of `lengths` end to end (int32, `[len(lengths) + 1]`)."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    offsets[1:] = np.cumsum(lengths)
+    return torch.from_numpy(offsets)
