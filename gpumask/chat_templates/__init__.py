@@ -1,0 +1,91 @@
+"""Read a chat format off a tokenizer's own chat template: `MaskSpec.from_tokenizer`.
+
+The template is rendered on probe conversations whose contents are sentinels (strings like
+``Vexquone`` that occur nowhere else and do not merge with their neighbours), the rendering
+is tokenized with character offsets, and the markers are read as token ids *in context*:
+
+- **end of turn** of a role: the tokens every turn of that role has right after its content
+  (their common prefix), up to the first whitespace-only token; the ``\\n`` that ChatML puts
+  after ``<|im_end|>`` lies between turns and belongs to no turn;
+- **header** of a role: the tokens between the previous turn's end of turn (and any
+  whitespace after it) and the content, e.g. ``<|im_start|>assistant\\n``. A template with no
+  generation prompt and nothing that ends a user turn (Mistral ``[INST] q [/INST]reply</s>``)
+  leads into the reply right after the user's content: that text (``[/INST]``) is the
+  assistant's header. Every distinct context gives an alternative: the first header of a
+  SentencePiece conversation has a leading ``▁``, Qwen3 puts an empty ``<think>`` block in the
+  last assistant turn only, Mistral's reply after a tool result follows ``[/TOOL_RESULTS]``;
+- **tool calls**: the wrapper around the call's JSON (Qwen ``<tool_call>``...``</tool_call>``,
+  Mistral ``[TOOL_CALLS]``); calls stay trained unless `train_tool_calls=False`, which masks
+  them as a span (the wrapper needs an open and a close);
+- **tool results**: a role of their own when their header is new (Llama 3 ``ipython``,
+  Mistral ``[TOOL_RESULTS]``), or inside another role's turn when they follow that role's
+  header (Qwen puts ``<tool_response>`` in a user turn), or inside the assistant's turn when no
+  end of turn comes between the call and the result; inside a turn, their wrapper becomes a
+  masked span.
+  Text that a template wraps around a tool result's content (Mistral's ``{"content": ``...
+  ``, "call_id": "..."}``, Llama 3.1's quotes) is the result's, not a marker's: a tool header
+  ends before the first ``{`` or ``"``, a tool result's end of turn starts after the quotes and
+  brackets that close it, and the text after a result with no end of turn belongs to it up to
+  the first special token.
+
+The BOS and a default system turn (SmolLM2, Qwen) in front of the first message are not part
+of its header. A system message that the template folds into a user turn (Gemma, Mistral)
+gives no system role. Probes the template rejects (strict alternation, no system or tool role)
+are skipped; the rest must be enough, or :class:`MaskSpecError` names what was not found. The
+result is checked on every probe (assistant content trained, everything else's content
+masked) before it is returned.
+
+Example (the Qwen2.5 tokenizer and its own template)::
+
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
+    >>> spec = MaskSpec.from_tokenizer(tok)
+    >>> spec.roles["assistant"]  # '<|im_start|>assistant\\n', and without the '\\n' it can merge
+    ((151644, 77091, 198), (151644, 77091))
+    >>> spec.end_of_turn  # '<|im_end|>'
+    ((151645,),)
+    >>> fmt = detect_chat_format(tok)
+    >>> fmt.tool_results, tok.decode(fmt.masked_spans[0][0][0])
+    ("inside role 'user'", '<tool_response>\\n')
+    >>> fmt.tool_call  # '<tool_call>' ... '</tool_call>', trained unless train_tool_calls=False
+    (((151657,),), ((151658,),))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpumask.chat_templates.format import ChatFormat, detect_chat_format
+from gpumask.spec import MaskSpec
+
+
+def spec_from_tokenizer(
+    tokenizer: Any,
+    *,
+    chat_template: str | None = None,
+    train_tool_calls: bool = True,
+    **overrides: Any,
+) -> MaskSpec:
+    """The `MaskSpec` of `tokenizer`'s chat template (see the module docstring).
+
+    Args:
+        tokenizer: a fast Hugging Face tokenizer with a chat template.
+        chat_template: a Jinja template to read instead of `tokenizer.chat_template`.
+        train_tool_calls: train the assistant's tool calls (default); False masks them as a
+            span (needs a template that wraps calls in an open and a close marker).
+        **overrides: `MaskSpec` keyword arguments that replace what was detected, e.g.
+            `last_turn_only=True`, `train_roles=("assistant", "tool")`, `masked_spans=[...]`.
+
+    Example::
+
+        >>> spec = spec_from_tokenizer(tok, last_turn_only=True)  # Qwen2.5
+        >>> spec.roles["assistant"], spec.last_turn_only
+        (((151644, 77091, 198), (151644, 77091)), True)
+    """
+    chat_format = detect_chat_format(tokenizer, chat_template=chat_template)
+    spec = chat_format.spec(tokenizer, train_tool_calls=train_tool_calls)
+    if overrides:
+        spec = spec.replace(tokenizer=tokenizer, **overrides)
+    return spec
+
+
+__all__ = ["ChatFormat", "detect_chat_format", "spec_from_tokenizer"]
