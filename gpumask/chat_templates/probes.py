@@ -3,13 +3,13 @@ character offsets, and where each content and tool call landed (its anchors)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import json
 from typing import Any
 
 from gpumask.spec import MaskSpecError
-
-Ids = tuple[int, ...]
-
 
 Ids = tuple[int, ...]
 
@@ -74,6 +74,7 @@ class Rendering:
     """One probe conversation, rendered, tokenized, with its anchors located."""
 
     name: str
+    type: str | None  # the conversation type it checks (None: read only)
     shape: int
     messages: list[dict]
     primary: bool  # a conversation without tools
@@ -106,15 +107,23 @@ class Rendering:
         return self.anchors[k + 1].first if k + 1 < len(self.anchors) else len(self.ids)
 
 
-def probe_message(role: str, content: str | None, call: bool = False) -> dict:
+def probe_message(
+    role: str, content: str | None, calls: int = 0, string_arguments: bool = False
+) -> dict:
+    """A probe message; `calls` tool calls, their arguments a dict or a JSON string."""
     message: dict[str, Any] = {"role": role, "content": content}
-    if call:
+    if calls:
+        arguments = {ARGUMENT: VALUE}
         message["tool_calls"] = [
             {
-                "id": CALL_ID,
+                "id": CALL_ID if i == 0 else f"{CALL_ID[:-1]}{i + 1}",
                 "type": "function",
-                "function": {"name": FUNCTION, "arguments": {ARGUMENT: VALUE}},
+                "function": {
+                    "name": FUNCTION,
+                    "arguments": json.dumps(arguments) if string_arguments else arguments,
+                },
             }
+            for i in range(calls)
         ]
     if role == "tool":
         message["tool_call_id"] = CALL_ID
@@ -122,33 +131,92 @@ def probe_message(role: str, content: str | None, call: bool = False) -> dict:
     return message
 
 
-def probe_conversations(lead: str, trail: str) -> list[tuple[str, list[dict], bool, bool]]:
-    """(name, messages, with tools, add_generation_prompt) of every probe conversation."""
+# The conversation types a template may render, by the names warnings and reports use.
+EXCHANGE = "exchange"
+TYPES = (
+    EXCHANGE,
+    "system prompt",
+    "several exchanges",
+    "consecutive replies",
+    "consecutive user turns",
+    "system in the middle",
+    "tool call",
+    "tool call without content",
+    "several tool calls",
+    "reply after a tool result",
+    "reasoning",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One probe conversation: its name, its conversation type (None: read, not checked)."""
+
+    name: str
+    type: str | None
+    messages: tuple[dict, ...]
+    tools: bool
+    generation_prompt: bool
+
+
+def probe_conversations(lead: str, trail: str, string_arguments: bool = False) -> list[Probe]:
+    """Every probe conversation, its contents in the shape (lead, trail)."""
     s1 = lead + WORDS["system"][0] + trail
     u1, u2 = (lead + w + trail for w in WORDS["user"])
     a1, a2 = (lead + w + trail for w in WORDS["assistant"])
     t1, t2 = (lead + w + trail for w in WORDS["tool"])
-    user, assistant, system = (
-        probe_message("user", u1),
-        probe_message("assistant", a1),
-        probe_message("system", s1),
-    )
-    user2, assistant2 = probe_message("user", u2), probe_message("assistant", a2)
-    call = probe_message("assistant", lead + CALL_CONTENT + trail, call=True)
-    bare_call = probe_message("assistant", None, call=True)
+    user, user2 = probe_message("user", u1), probe_message("user", u2)
+    assistant, assistant2 = probe_message("assistant", a1), probe_message("assistant", a2)
+    system = probe_message("system", s1)
+    content = lead + CALL_CONTENT + trail
+    call = probe_message("assistant", content, 1, string_arguments)
+    two_calls = probe_message("assistant", content, 2, string_arguments)
+    bare_call = probe_message("assistant", None, 1, string_arguments)
     tool, tool2 = probe_message("tool", t1), probe_message("tool", t2)
-    return [
-        ("user, assistant", [user, assistant], False, False),
-        ("system, two exchanges", [system, user, assistant, user2, assistant2], False, False),
-        ("consecutive assistant turns", [user, assistant, assistant2], False, False),
-        ("consecutive user turns", [user, user2, assistant], False, False),
-        ("system in the middle", [user, assistant, system, user2, assistant2], False, False),
-        ("user only", [user], False, False),
-        ("user only, generation prompt", [user], False, True),
-        ("tool call with content", [user, call, tool, assistant2], True, False),
-        ("tool call without content", [user, bare_call, tool, tool2, assistant2], True, False),
-        ("ends with a tool result", [user, call, tool], True, False),
-        ("ends with a tool result, generation prompt", [user, call, tool], True, True),
+    plain = [
+        ("user, assistant", EXCHANGE, [user, assistant], False),
+        (
+            "system, two exchanges",
+            "system prompt",
+            [system, user, assistant, user2, assistant2],
+            False,
+        ),
+        ("two exchanges", "several exchanges", [user, assistant, user2, assistant2], False),
+        (
+            "consecutive assistant turns",
+            "consecutive replies",
+            [user, assistant, assistant2],
+            False,
+        ),
+        ("consecutive user turns", "consecutive user turns", [user, user2, assistant], False),
+        (
+            "system in the middle",
+            "system in the middle",
+            [user, assistant, system, user2, assistant2],
+            False,
+        ),
+        ("user only", None, [user], False),
+        ("user only, generation prompt", None, [user], True),
+    ]
+    with_tools = [
+        ("tool call with content", "tool call", [user, call, tool, assistant2], False),
+        (
+            "tool call without content",
+            "tool call without content",
+            [user, bare_call, tool, tool2, assistant2],
+            False,
+        ),
+        (
+            "several tool calls",
+            "several tool calls",
+            [user, two_calls, tool, tool2, assistant2],
+            False,
+        ),
+        ("ends with a tool result", None, [user, call, tool], False),
+        ("ends with a tool result, generation prompt", None, [user, call, tool], True),
+    ]
+    return [Probe(n, ty, tuple(m), False, g) for n, ty, m, g in plain] + [
+        Probe(n, ty, tuple(m), True, g) for n, ty, m, g in with_tools
     ]
 
 
@@ -169,14 +237,91 @@ def find_call(text: str, lo: int) -> tuple[int, int] | None:
     return None
 
 
-def render(tokenizer, template, shape, name, messages, tools, gen) -> Rendering | None:
+@contextlib.contextmanager
+def _one_moment():
+    """Templates that print the time (``strftime_now``) render every probe at one moment."""
+    try:
+        from transformers.utils import chat_template_utils
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    moment = datetime.datetime.now()
+
+    class _Frozen(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return moment if tz is None else moment.astimezone(tz)
+
+    saved = getattr(chat_template_utils, "datetime", None)
+    chat_template_utils.datetime = _Frozen
+    try:
+        yield
+    finally:
+        chat_template_utils.datetime = saved
+
+
+def render_probes(tokenizer: Any, template: str | None) -> dict[str, list[Rendering]]:
+    """Every probe the template accepts, per probe name, one rendering per content shape.
+
+    A tool probe is rendered with dict arguments, else with JSON-string arguments (a template
+    that concatenates them); a bare call with ``content: None``, else with ``""``. A shape
+    whose rendering is not the plain one with the contents replaced (a template that trims
+    or edits contents) tells nothing more and is left out.
+    """
+    words = [*(w for ws in WORDS.values() for w in ws), CALL_CONTENT]
+    renderings: dict[str, list[Rendering]] = {}
+    plain: dict[str, str] = {}
+    with _one_moment():
+        for shape, (lead, trail) in enumerate(SHAPES):
+            styles = (probe_conversations(lead, trail), probe_conversations(lead, trail, True))
+            for probes in zip(*styles):
+                r = _render_probe(tokenizer, template, shape, probes)
+                if r is None:
+                    continue
+                if shape == 0:
+                    plain[r.name] = r.text
+                else:
+                    expected = plain.get(r.name)
+                    for word in words if expected is not None else ():
+                        expected = expected.replace(word, lead + word + trail)
+                    if r.text != expected:
+                        continue
+                renderings.setdefault(r.name, []).append(r)
+    return renderings
+
+
+def _render_probe(tokenizer: Any, template: str | None, shape: int, probes) -> Rendering | None:
+    """The first of `probes` (one conversation, its calls' arguments as dicts, then as strings;
+    a bare call's content None, then "") that renders with every tool call found, else the
+    first that renders at all (a template that drops tool calls), else None."""
+    rendered = []
+    for probe in probes:
+        variants = [list(probe.messages)]
+        if any(m.get("tool_calls") and m["content"] is None for m in probe.messages):
+            variants.append(
+                [dict(m, content="") if m.get("tool_calls") else m for m in probe.messages]
+            )
+        for messages in variants:
+            r = render(tokenizer, template, shape, probe, messages)
+            if r is None:
+                continue
+            calls = sum(len(m.get("tool_calls") or ()) for m in messages)
+            if sum(a.kind == "call" for a in r.anchors) == calls:
+                return r
+            rendered.append(r)
+    return rendered[0] if rendered else None
+
+
+def render(tokenizer: Any, template: str | None, shape: int, probe: Probe, messages=None):
+    """`probe` rendered and tokenized with its anchors, or None when the template rejects it."""
+    messages = list(probe.messages) if messages is None else messages
     try:
         text = tokenizer.apply_chat_template(
             messages,
-            tools=PROBE_TOOLS if tools else None,
+            tools=PROBE_TOOLS if probe.tools else None,
             chat_template=template,
             tokenize=False,
-            add_generation_prompt=gen,
+            add_generation_prompt=probe.generation_prompt,
         )
     except Exception:  # a template that rejects this conversation (raise_exception, ...)
         return None
@@ -198,8 +343,10 @@ def render(tokenizer, template, shape, name, messages, tools, gen) -> Rendering 
         if at >= 0:
             spans.append((index, "content", at, at + len(content)))
             lo = at + len(content)
-        call = find_call(text, lo) if message.get("tool_calls") else None
-        if call is not None:
+        for _ in message.get("tool_calls") or ():
+            call = find_call(text, lo)
+            if call is None:
+                break
             spans.append((index, "call", *call))
             lo = call[1]
     anchors = []
@@ -208,10 +355,11 @@ def render(tokenizer, template, shape, name, messages, tools, gen) -> Rendering 
         stop = next((i for i in range(first, len(ids)) if offsets[i][0] >= end), len(ids))
         anchors.append(Anchor(index, messages[index]["role"], kind, start, end, first, stop))
     return Rendering(
-        name=name,
+        name=probe.name,
+        type=probe.type,
         shape=shape,
         messages=messages,
-        primary=not tools,
+        primary=not probe.tools,
         text=text,
         ids=ids,
         offsets=offsets,

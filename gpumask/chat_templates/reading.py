@@ -6,13 +6,10 @@ from typing import Any
 
 from gpumask.chat_templates.probes import (
     BASE_SHAPES,
-    CALL_CONTENT,
     SHAPES,
-    WORDS,
     Ids,
     Rendering,
-    probe_conversations,
-    render,
+    render_probes,
 )
 from gpumask.spec import MaskSpecError
 
@@ -56,27 +53,11 @@ class Reader:
         self.tokenizer = tokenizer
         self.emits_bos = "bos_token" in source
         self.bos = getattr(tokenizer, "bos_token_id", None)
+        # Control tokens: special ones and every added token (DeepSeek's chat tokens are
+        # added but not flagged special).
         added = getattr(tokenizer, "added_tokens_decoder", None) or {}
-        self.special = set(getattr(tokenizer, "all_special_ids", ())) | {
-            int(i) for i, t in added.items() if getattr(t, "special", False)
-        }
-        self.renderings: dict[str, list[Rendering]] = {}
-        plain: dict[str, str] = {}
-        words = [*(w for ws in WORDS.values() for w in ws), CALL_CONTENT]
-        for shape, (lead, trail) in enumerate(SHAPES):
-            for name, messages, tools, gen in probe_conversations(lead, trail):
-                r = render(tokenizer, template, shape, name, messages, tools, gen)
-                if r is None:
-                    continue
-                if shape == 0:
-                    plain[name] = r.text
-                else:  # a template that trims or edits contents tells nothing more here
-                    expected = plain.get(name)
-                    for word in words if expected is not None else ():
-                        expected = expected.replace(word, lead + word + trail)
-                    if r.text != expected:
-                        continue
-                self.renderings.setdefault(name, []).append(r)
+        self.control = set(getattr(tokenizer, "all_special_ids", ())) | {int(i) for i in added}
+        self.renderings = render_probes(tokenizer, template)
 
     def all(self, primary: bool | None = None) -> list[Rendering]:
         return [
@@ -173,7 +154,7 @@ class Reader:
             elif eots.get(prev_role):
                 return None
             elif prev_role == "tool":
-                lo = next((i for i in range(lo, hi) if r.ids[i] in self.special), -1)
+                lo = next((i for i in range(lo, hi) if r.ids[i] in self.control), -1)
                 if lo < 0:
                     raise MaskSpecError(
                         "header after a tool result: the template puts no end of turn after a "
@@ -231,7 +212,7 @@ class Reader:
                             len(alt) < len(h) and h[: len(alt)] == alt
                             for h in known.get(a.role, ())
                         )
-                        and (len(alt) > 1 or alt[0] in self.special)
+                        and (len(alt) > 1 or alt[0] in self.control)
                     ):
                         add_alt(found.setdefault(a.role, []), alt)
         return found
@@ -245,6 +226,14 @@ class Reader:
             for k, a in enumerate(r.anchors):
                 if a.kind != "call":
                     continue
+                after_call, before_call = (
+                    0 <= j < len(r.anchors)
+                    and r.anchors[j].kind == "call"
+                    and r.anchors[j].message == a.message
+                    for j in (k - 1, k + 1)
+                )
+                if after_call and before_call:
+                    continue  # the text between two calls repeats a close and an open
                 if k and r.anchors[k - 1].message == a.message:
                     lo = r.anchors[k - 1].end
                 else:
@@ -258,10 +247,10 @@ class Reader:
                 close_text = r.text[a.end : hi].strip().lstrip("]").strip()
                 if result_open and close_text.endswith(result_open):
                     close_text = close_text[: -len(result_open)].strip()
-                if open_text:
+                if open_text and not after_call:
                     at = r.text.rfind(open_text, lo, a.start)
                     add_alt(opens, r.cover(at, at + len(open_text)))
-                if close_text:
+                if close_text and not before_call:
                     at = r.text.find(close_text, a.end, hi)
                     add_alt(closes, r.cover(at, at + len(close_text)))
         return (tuple(opens), tuple(closes)) if opens else None
