@@ -54,7 +54,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpumask.chat_templates.format import ChatFormat, detect_chat_format
+import warnings
+
+from gpumask.chat_templates.format import ChatFormat, TemplateWarning, detect_chat_format
 from gpumask.spec import MaskSpec
 
 
@@ -82,10 +84,12 @@ def spec_from_tokenizer(
         (((151644, 77091, 198), (151644, 77091)), True)
     """
     chat_format = detect_chat_format(tokenizer, chat_template=chat_template)
+    for message in chat_format.warnings:
+        warnings.warn(message, TemplateWarning, stacklevel=3)
     spec = chat_format.spec(tokenizer, train_tool_calls=train_tool_calls)
     if overrides:
         spec = spec.replace(tokenizer=tokenizer, **overrides)
     return spec
 
 
-__all__ = ["ChatFormat", "detect_chat_format", "spec_from_tokenizer"]
+__all__ = ["ChatFormat", "TemplateWarning", "detect_chat_format", "spec_from_tokenizer"]

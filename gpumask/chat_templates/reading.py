@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from gpumask.chat_templates.probes import (
@@ -59,6 +60,14 @@ class Reader:
         self.control = set(getattr(tokenizer, "all_special_ids", ())) | {int(i) for i in added}
         self.renderings = render_probes(tokenizer, template)
 
+    def without(self, kinds: set[str | None]) -> Reader:
+        """The same readings, without the renderings of the conversation types `kinds`."""
+        other = copy.copy(self)
+        other.renderings = {
+            name: rs for name, rs in self.renderings.items() if rs[0].type not in kinds
+        }
+        return other
+
     def all(self, primary: bool | None = None) -> list[Rendering]:
         return [
             r
@@ -77,7 +86,8 @@ class Reader:
 
     def end_of_turn(self, role: str, known: dict[str, list[Ids]]) -> tuple[Ids, ...]:
         """The end-of-turn alternatives of `role`: per probe shape, the common prefix of the
-        tokens after every content of that role, up to a whitespace-only token or a header."""
+        tokens after every content of that role, from its first token that is not whitespace up
+        to the next whitespace-only token or header."""
         if role == "user" and self._leads_into_reply("user only", "user only, generation prompt"):
             return ()
         if role == "tool" and self._leads_into_reply(
@@ -106,16 +116,19 @@ class Reader:
                 continue
             prefix = common_prefix(seqs)
             r, at = first
+            lead = 0  # whitespace in front of the end of turn (Llama 2's `reply </s>`)
+            while lead < len(prefix) and r.ws(at + lead):
+                lead += 1
             n = next(
                 (
                     i
-                    for i in range(len(prefix))
+                    for i in range(lead, len(prefix))
                     if r.ws(at + i)
                     or any(r.find(alt, at + i, at + i + len(alt)) == at + i for alt in headers)
                 ),
                 len(prefix),
             )
-            add_alt(found, prefix[:n])
+            add_alt(found, prefix[lead:n])
         return tuple(found)
 
     def header_span(
@@ -206,16 +219,18 @@ class Reader:
                     if span is None:
                         continue
                     alt = tuple(r.ids[span[0] : span[1]])
-                    if (
-                        step != "merged"
-                        or any(
-                            len(alt) < len(h) and h[: len(alt)] == alt
-                            for h in known.get(a.role, ())
-                        )
-                        and (len(alt) > 1 or alt[0] in self.control)
-                    ):
+                    if step != "merged" or self._merged_variant(r, span, known.get(a.role, ())):
                         add_alt(found.setdefault(a.role, []), alt)
         return found
+
+    def _merged_variant(self, r: Rendering, span: tuple[int, int], known: list[Ids]) -> bool:
+        """Whether the header at `span` is a known one that lost its last token to a content
+        that merges with it (a header of one token only when it is a control token)."""
+        alt = tuple(r.ids[span[0] : span[1]])
+        return any(
+            len(alt) < len(h) and h[: len(alt)] == alt and (len(alt) > 1 or alt[0] in self.control)
+            for h in known
+        )
 
     def tool_call(self, eots, known, result_open: str | None):
         """(opens, closes) of the text around a tool call's JSON, or None when there is none.
