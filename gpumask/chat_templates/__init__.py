@@ -52,9 +52,8 @@ Example (the Qwen2.5 tokenizer and its own template)::
 
 from __future__ import annotations
 
-from typing import Any
-
 import warnings
+from typing import Any
 
 from gpumask.chat_templates.format import ChatFormat, TemplateWarning, detect_chat_format
 from gpumask.spec import MaskSpec

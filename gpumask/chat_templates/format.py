@@ -10,6 +10,7 @@ from gpumask.chat_templates.probes import EXCHANGE, Ids, Rendering, probe_messag
 from gpumask.chat_templates.reading import Reader, add_alt
 from gpumask.spec import MaskSpec, MaskSpecError
 
+
 class TemplateWarning(UserWarning):
     """`from_tokenizer` read a format that is right for most, not all, of the template: a
     conversation type no marker tells apart, or no end of turn."""
@@ -210,7 +211,8 @@ def _read(d: Reader, tokenizer: Any) -> ChatFormat:
     inside, result_open, result_close = d.tool_results(eots, known)
     result_span = d.wrapper_span(result_open, result_close) if inside else None
     tool_call = d.tool_call(eots, known, result_open if inside == "assistant" else None)
-    eots["tool"] = eots[inside] if inside else d.end_of_turn("tool", known)
+    main_eots = tuple({e for alts in eots.values() for e in alts})
+    eots["tool"] = eots[inside] if inside else d.end_of_turn("tool", known, main_eots)
     headers = {role: list(alts) for role, alts in known.items()}
     for role, alts in d.headers(eots, known, inside, tools).items():
         for alt in alts:

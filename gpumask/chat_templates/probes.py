@@ -340,7 +340,9 @@ def render(tokenizer: Any, template: str | None, shape: int, probe: Probe, messa
     for index, message in enumerate(messages):
         content = message.get("content")
         at = text.find(content, lo) if content else -1
-        if at >= 0:
+        first_call = find_call(text, lo) if message.get("tool_calls") else None
+        content_first = at >= 0 and (first_call is None or at < first_call[0])
+        if content_first:  # most templates; some render the calls first (Gemma 4)
             spans.append((index, "content", at, at + len(content)))
             lo = at + len(content)
         for _ in message.get("tool_calls") or ():
@@ -349,6 +351,10 @@ def render(tokenizer: Any, template: str | None, shape: int, probe: Probe, messa
                 break
             spans.append((index, "call", *call))
             lo = call[1]
+        at = text.find(content, lo) if content and not content_first else -1
+        if at >= 0:
+            spans.append((index, "content", at, at + len(content)))
+            lo = at + len(content)
     anchors = []
     for index, kind, start, end in spans:
         first = next(i for i, (_, e) in enumerate(offsets) if e > start)

@@ -7,6 +7,8 @@ from typing import Any
 
 from gpumask.chat_templates.probes import (
     BASE_SHAPES,
+    CALL_ID,
+    FUNCTION,
     SHAPES,
     Ids,
     Rendering,
@@ -33,6 +35,38 @@ def common_prefix(seqs: list[Ids]) -> Ids:
 def add_alt(alts: list[Ids], ids: Ids) -> None:
     if ids and ids not in alts:
         alts.append(ids)
+
+
+def _is_payload(piece: str) -> bool:
+    """Whether a token is part of what a template wraps around a tool result: JSON, or the
+    probe's own function name (Gemma 4's ``<|tool_response>response:NAME{...}``)."""
+    return '"' in piece or "{" in piece or any(p in piece for p in (FUNCTION, FUNCTION[:4]))
+
+
+def _wrapper_only(open_text: str, close_text: str) -> tuple[str, str]:
+    """The text that opens and closes a tool result, without what belongs to the result:
+    the function's name or call id and what follows it, JSON punctuation next to the content."""
+    cuts = [at for p in (FUNCTION, CALL_ID) if (at := open_text.find(p)) >= 0]
+    if cuts:
+        open_text = open_text[: min(cuts)]
+    return open_text.rstrip().rstrip("{[\"':").rstrip(), close_text.lstrip().lstrip('"}]').lstrip()
+
+
+def _after_ends_of_turn(
+    r: Rendering, span: tuple[int, int], eots: dict[str, tuple[Ids, ...]]
+) -> tuple[int, int]:
+    """A header holds no end of turn (EXAONE 4's ``[|endofturn|]\\n[|assistant|]`` after a tool
+    result's closer read as its end): `span` from after the last one in it, and whitespace."""
+    lo, hi = span
+    for alt in {e for role in ("user", "assistant") for e in eots.get(role, ())}:
+        at = r.find(alt, lo, hi)
+        while at >= 0:
+            lo = at + len(alt)
+            at = r.find(alt, lo, hi)
+    if lo > span[0]:
+        while lo < hi and r.ws(lo):
+            lo += 1
+    return lo, hi
 
 
 class Reader:
@@ -84,10 +118,14 @@ class Reader:
         shapes = a.keys() & b.keys()
         return bool(shapes) and all(a[shape] == b[shape] for shape in shapes)
 
-    def end_of_turn(self, role: str, known: dict[str, list[Ids]]) -> tuple[Ids, ...]:
+    def end_of_turn(
+        self, role: str, known: dict[str, list[Ids]], others: tuple[Ids, ...] = ()
+    ) -> tuple[Ids, ...]:
         """The end-of-turn alternatives of `role`: per probe shape, the common prefix of the
         tokens after every content of that role, from its first token that is not whitespace up
-        to the next whitespace-only token or header."""
+        to the next whitespace-only token or header. A tool result is read where its turn
+        ends (the last of consecutive results); what it reads is cut to one of the `others`
+        ends of turn where it holds one (EXAONE 4's ``</tool_result>[|endofturn|]``)."""
         if role == "user" and self._leads_into_reply("user only", "user only, generation prompt"):
             return ()
         if role == "tool" and self._leads_into_reply(
@@ -106,6 +144,11 @@ class Reader:
                         a.role == role
                         and a.kind == "content"
                         and not r.messages[a.message].get("tool_calls")
+                        and not (
+                            role == "tool"
+                            and r.anchors[k + 1 :][:1]
+                            and r.anchors[k + 1].role == "tool"
+                        )
                     ):
                         start = a.stop
                         while role == "tool" and start < r.after(k) and closes_json(r, start):
@@ -116,8 +159,8 @@ class Reader:
                 continue
             prefix = common_prefix(seqs)
             r, at = first
-            lead = 0  # whitespace in front of the end of turn (Llama 2's `reply </s>`)
-            while lead < len(prefix) and r.ws(at + lead):
+            lead = 0  # whitespace in front of the end of turn (Llama 2's `reply </s>`), once
+            while known and lead < len(prefix) and r.ws(at + lead):  # headers can stop it
                 lead += 1
             n = next(
                 (
@@ -128,7 +171,12 @@ class Reader:
                 ),
                 len(prefix),
             )
-            add_alt(found, prefix[lead:n])
+            alt = prefix[lead:n]
+            for other in others:
+                if any(alt[i : i + len(other)] == other for i in range(len(alt))):
+                    alt = other
+                    break
+            add_alt(found, alt)
         return tuple(found)
 
     def header_span(
@@ -178,7 +226,7 @@ class Reader:
         while lo < hi and r.ws(lo):
             lo += 1
         if a.role == "tool":  # a wrapper around the result's content is not the header's
-            cut = next((i for i in range(lo, hi) if '"' in r.piece(i) or "{" in r.piece(i)), hi)
+            cut = next((i for i in range(lo, hi) if _is_payload(r.piece(i))), hi)
             if cut < hi:
                 hi = cut
                 while hi > lo and r.ws(hi - 1):
@@ -218,7 +266,10 @@ class Reader:
                     span = self.header_span(r, k, eots, known, inside)
                     if span is None:
                         continue
+                    span = _after_ends_of_turn(r, span, eots)
                     alt = tuple(r.ids[span[0] : span[1]])
+                    if not alt:
+                        continue
                     if step != "merged" or self._merged_variant(r, span, known.get(a.role, ())):
                         add_alt(found.setdefault(a.role, []), alt)
         return found
@@ -319,6 +370,7 @@ class Reader:
 
     def wrapper_span(self, open_text: str, close_text: str) -> tuple | None:
         """(opens, closes) of the text around every tool result, as tokens in context."""
+        open_text, close_text = _wrapper_only(open_text, close_text)
         if not (open_text and close_text):
             return None
         opens: list[Ids] = []
