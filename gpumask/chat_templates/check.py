@@ -65,33 +65,34 @@ def disagreements(
                 break
     for k in range(len(r.anchors) + 1):
         prev = r.anchors[k - 1] if k else None
+        nxt = r.anchors[k] if k < len(r.anchors) else None
         lo = prev.stop if prev else 0
-        hi = r.anchors[k].first if k < len(r.anchors) else len(r.ids)
-        nxt = f"{who(r.anchors[k])}" if k < len(r.anchors) else "the end"
-        where = f"between {who(prev)} and {nxt}" if prev else f"before {nxt}"
+        hi = nxt.first if nxt else len(r.ids)
         first = prev.message + 1 if prev else 0
-        last = r.anchors[k].message if k < len(r.anchors) else len(r.messages)
+        last = nxt.message if nxt else len(r.messages)
         if any(m in r.invisible for m in range(first, last)):
             continue  # a message the template renders with nothing to anchor it (no content)
-        if prev is not None and prev.role == "assistant":
-            masked = next((t for t in range(lo, hi) if not trained[t]), hi)
-            late = next((t for t in range(masked, hi) if trained[t]), None)
-            if late is not None:
-                problems.append(f"token {late} {r.piece(late)!r} {where} would train")
-        elif not (inline_results and prev is not None and prev.role == "tool"):
-            nxt_anchor = r.anchors[k] if k < len(r.anchors) else None
-            opening = hi  # a reply's own leading space, a call's opening text train with it
-            while (
-                nxt_anchor is not None
-                and nxt_anchor.role == "assistant"
-                and opening > lo
-                and trained[opening - 1]
-                and (nxt_anchor.kind == "call" or r.ws(opening - 1))
-            ):
-                opening -= 1
-            late = next((t for t in range(lo, opening) if trained[t]), None)
-            if late is not None:
-                problems.append(f"token {late} {r.piece(late)!r} {where} would train")
+        if prev is not None and prev.role == "tool" and inline_results:
+            continue  # a reply that goes on after a tool result inside its own turn
+        end = lo  # trained from the start: the end of a reply, its end of turn
+        while prev is not None and prev.role == "assistant" and end < hi and trained[end]:
+            end += 1
+        start = hi  # trained up to the end: a reply's own leading space, a call's opening
+        while (
+            nxt is not None
+            and nxt.role == "assistant"
+            and start > end
+            and trained[start - 1]
+            and (nxt.kind == "call" or r.ws(start - 1))
+        ):
+            start -= 1
+        late = next((t for t in range(end, start) if trained[t]), None)
+        if late is not None:
+            where = f"between {who(prev)} and " if prev else "before "
+            problems.append(
+                f"token {late} {r.piece(late)!r} {where}{who(nxt) if nxt else 'the end'} "
+                "would train"
+            )
     return problems
 
 

@@ -339,7 +339,9 @@ def render(tokenizer: Any, template: str | None, shape: int, probe: Probe, messa
     lo = 0
     for index, message in enumerate(messages):
         content = message.get("content")
-        at = text.find(content, lo) if content else -1
+        # a probe content is a unique word: where the template moved it (Mistral puts the
+        # system message in the last user turn), it is found out of order
+        at = text.find(content) if content else -1
         first_call = find_call(text, lo) if message.get("tool_calls") else None
         content_first = at >= 0 and (first_call is None or at < first_call[0])
         if content_first:  # most templates; some render the calls first (Gemma 4)
@@ -355,6 +357,7 @@ def render(tokenizer: Any, template: str | None, shape: int, probe: Probe, messa
         if at >= 0:
             spans.append((index, "content", at, at + len(content)))
             lo = at + len(content)
+    spans.sort(key=lambda span: span[2])
     anchors = []
     for index, kind, start, end in spans:
         first = next(i for i, (_, e) in enumerate(offsets) if e > start)

@@ -135,7 +135,7 @@ class Reader:
         headers = [alt for alts in known.values() for alt in alts]
         found: list[Ids] = []
         for shape in range(len(SHAPES)):
-            seqs, first = [], None
+            seqs, first, into_reply = [], None, set()
             for r in self.all():
                 if r.shape != shape:
                     continue
@@ -155,6 +155,9 @@ class Reader:
                             start += 1  # the quote or brace closing a result's JSON is its own
                         seqs.append(tuple(r.ids[start : r.after(k)]))
                         first = first or (r, start)
+                        if role == "tool" and r.anchors[k + 1 :][:1]:
+                            if r.anchors[k + 1].role == "assistant":
+                                into_reply.add(seqs[-1])
             if not seqs:
                 continue
             prefix = common_prefix(seqs)
@@ -172,6 +175,8 @@ class Reader:
                 len(prefix),
             )
             alt = prefix[lead:n]
+            if any(gap[lead:] == alt or gap == alt for gap in into_reply):
+                continue  # what ends a result leads into a reply: the reply's header (DeepSeek)
             for other in others:
                 if any(alt[i : i + len(other)] == other for i in range(len(alt))):
                     alt = other
