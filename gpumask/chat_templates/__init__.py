@@ -52,11 +52,14 @@ Example (the Qwen2.5 tokenizer and its own template)::
 
 from __future__ import annotations
 
+import hashlib
+import os
 import warnings
+import weakref
 from typing import Any
 
 from gpumask.chat_templates.format import ChatFormat, TemplateWarning, detect_chat_format
-from gpumask.spec import MaskSpec
+from gpumask.spec import MaskSpec, MaskSpecError
 
 
 def spec_from_tokenizer(
@@ -82,13 +85,80 @@ def spec_from_tokenizer(
         >>> spec.roles["assistant"], spec.last_turn_only
         (((151644, 77091, 198), (151644, 77091)), True)
     """
-    chat_format = detect_chat_format(tokenizer, chat_template=chat_template)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        raise MaskSpecError(
+            f"tokenizer: got the path {os.fspath(tokenizer)!r}, expected a loaded tokenizer; "
+            f"pass AutoTokenizer.from_pretrained({os.fspath(tokenizer)!r})"
+        )
+    template = (
+        chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
+    )
+    key = (vocabulary_key(tokenizer), _hashable(template), chat_template is not None)
+    chat_format = _FORMATS.get(key)
+    if chat_format is None:
+        try:
+            chat_format = detect_chat_format(tokenizer, chat_template=chat_template)
+        except MaskSpecError as error:
+            chat_format = error
+        if key[0] is not None:
+            _FORMATS[key] = chat_format
+    if isinstance(chat_format, MaskSpecError):
+        raise MaskSpecError(str(chat_format))
     for message in chat_format.warnings:
         warnings.warn(message, TemplateWarning, stacklevel=3)
-    spec = chat_format.spec(tokenizer, train_tool_calls=train_tool_calls)
-    if overrides:
-        spec = spec.replace(tokenizer=tokenizer, **overrides)
+    spec_key = (key, train_tool_calls, _hashable(overrides))
+    spec = _SPECS.get(spec_key)
+    if spec is None:
+        spec = chat_format.spec(tokenizer, train_tool_calls=train_tool_calls)
+        if overrides:
+            spec = spec.replace(tokenizer=tokenizer, **overrides)
+        if key[0] is not None and spec_key[2] is not None:
+            _SPECS[spec_key] = spec
     return spec
+
+
+# Formats read (or refusals), per (vocabulary, template): the second `from_tokenizer` call on a
+# tokenizer costs a dictionary lookup. A tokenizer's vocabulary is fingerprinted once per object (and
+# again if tokens are added to it).
+_FORMATS: dict[tuple, ChatFormat | MaskSpecError] = {}
+_SPECS: dict[tuple, MaskSpec] = {}
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def vocabulary_key(tokenizer: Any) -> tuple | None:
+    """A fingerprint of `tokenizer`'s vocabulary and added tokens (None: cannot be taken)."""
+    try:
+        size = (len(tokenizer), len(getattr(tokenizer, "added_tokens_decoder", None) or ()))
+        cached = _FINGERPRINTS.get(tokenizer)
+        if cached is not None and cached[0] == size:
+            return cached[1]
+        vocab = tokenizer.get_vocab()
+        added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+        digest = hashlib.sha256()
+        for token, index in sorted(vocab.items(), key=lambda item: item[1]):
+            digest.update(f"{index}\t{token}\n".encode("utf-8", "surrogatepass"))
+        for index, token in sorted(added.items()):
+            digest.update(f"{index}\t{token}\t{getattr(token, 'special', '')}\n".encode())
+        key = (type(tokenizer).__name__, size, digest.hexdigest())
+        _FINGERPRINTS[tokenizer] = (size, key)
+        return key
+    except (TypeError, AttributeError):  # not weak-referenceable, or no vocabulary to read
+        return None
+
+
+def _hashable(value: Any) -> Any:
+    """`value` as a hashable key (dicts as sorted items, lists as tuples), or None."""
+    if isinstance(value, dict):
+        items = [(k, _hashable(v)) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))]
+        return None if any(v is None and value[k] is not None for k, v in items) else tuple(items)
+    if isinstance(value, (list, tuple)):
+        items = tuple(_hashable(v) for v in value)
+        return None if any(i is None and v is not None for i, v in zip(items, value)) else items
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return value
 
 
 __all__ = ["ChatFormat", "TemplateWarning", "detect_chat_format", "spec_from_tokenizer"]

@@ -28,8 +28,12 @@ Example (the Qwen2.5 tokenizer)::
 
 from __future__ import annotations
 
-from gpumask.chat_templates.probes import Rendering
-from gpumask.spec import MaskSpec
+import dataclasses
+import random
+from typing import Any
+
+from gpumask.chat_templates.probes import TYPES, Probe, Rendering, render
+from gpumask.spec import MaskSpec, MaskSpecError
 
 
 def labels_of(spec: MaskSpec, ids: list[int]) -> list[bool]:
@@ -102,3 +106,138 @@ def describe(problems: list[str], r: Rendering) -> str:
 
 
 __all__ = ["disagreements", "describe", "labels_of"]
+
+
+@dataclasses.dataclass
+class TypeReport:
+    """How one conversation type fared: `status` is "agree", "disagree", "not rendered",
+    "refused" (from_tokenizer warned that its labels are wrong there) or "calls dropped" (the
+    template renders the turn but not its tool calls)."""
+
+    kind: str
+    status: str
+    conversations: int = 0
+    disagreeing: int = 0
+    first: str = ""  # the first disagreement: what, and the conversation with trained text
+
+
+@dataclasses.dataclass
+class CheckReport:
+    """What :func:`check_template` found, per conversation type."""
+
+    spec: MaskSpec | None
+    types: list[TypeReport]
+    refused: str = ""  # from_tokenizer's error, when it refused the template
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No refusal and no disagreement on a type the spec accepted."""
+        return not self.refused and all(t.status != "disagree" for t in self.types)
+
+    def format(self) -> str:
+        """The report as text: a table, then the first disagreement of each failing type."""
+        lines = [repr(self.spec)] if self.spec is not None else []
+        if self.refused:
+            lines.append(f"refused: {self.refused}")
+        lines += [f"warning: {w}" for w in self.warnings]
+        width = max(len(t.kind) for t in self.types) if self.types else 4
+        lines.append(f"{'conversation type':<{width}}  status         agree  disagree")
+        for t in self.types:
+            agree = t.conversations - t.disagreeing
+            counts = f"{agree:>5}  {t.disagreeing:>8}" if t.conversations else ""
+            lines.append(f"{t.kind:<{width}}  {t.status:<13}  {counts}".rstrip())
+        for t in self.types:
+            if t.first:
+                lines.append(f"\n--- {t.kind}: {t.first}")
+        lines.append("\nOK: every accepted type agrees" if self.ok else "\nFAILED")
+        return "\n".join(lines)
+
+
+def check_template(
+    tokenizer: Any,
+    spec: MaskSpec | None = None,
+    *,
+    chat_template: str | None = None,
+    n: int = 20,
+    seed: int = 0,
+) -> CheckReport:
+    """Render `n` random conversations of every type the template accepts and compare the
+    labels of `spec` (default: what `MaskSpec.from_tokenizer` reads) with their contents.
+
+    Example (the Qwen2.5 tokenizer)::
+
+        >>> report = check_template(tok, n=3)
+        >>> report.ok, [(t.kind, t.status) for t in report.types][:2]
+        (True, [('exchange', 'agree'), ('system prompt', 'agree')])
+    """
+    from gpumask.chat_templates.conversations import conversation
+    from gpumask.chat_templates.format import detect_chat_format
+    from gpumask.chat_templates.reading import Reader
+
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n: expected a number of conversations >= 1, got {n!r}")
+    template = chat_template
+    reader = Reader(tokenizer, template)
+    report = CheckReport(spec=spec, types=[])
+    unsupported: dict[str, str] = {}
+    inline = False
+    try:
+        chat_format = detect_chat_format(tokenizer, chat_template=template)
+        unsupported = dict(chat_format.unsupported)
+        inline = chat_format.tool_results == "inside role 'assistant'"
+        if spec is None:
+            report.spec = spec = chat_format.spec(tokenizer)
+            report.warnings = chat_format.warnings
+    except MaskSpecError as error:
+        if spec is None:
+            report.refused = str(error)
+            return report
+    rng = random.Random(seed)
+    for kind in TYPES:
+        probes = [rs[0] for rs in reader.renderings.values() if rs[0].type == kind]
+        if not probes:
+            report.types.append(TypeReport(kind, "not rendered"))
+            continue
+        probe = probes[0]
+        call = next((m for m in probe.messages if m.get("tool_calls")), None)
+        style = {
+            "string_arguments": bool(call)
+            and isinstance(call["tool_calls"][0]["function"]["arguments"], str),
+            "bare_content": "" if call is not None and call["content"] == "" else None,
+        }
+        result = TypeReport(kind, "refused" if kind in unsupported else "agree")
+        for _ in range(n):
+            messages, tools = conversation(kind, rng, **style)
+            r = render(
+                tokenizer, template, 0, Probe(kind, kind, (), bool(tools), False), messages, tools
+            )
+            if r is None:
+                continue
+            result.conversations += 1
+            calls = sum(len(m.get("tool_calls") or ()) for m in messages)
+            if calls and not any(a.kind == "call" for a in r.anchors):
+                result.status = "calls dropped"
+            trained = labels_of(spec, r.ids)
+            problems = disagreements(spec, r, trained, inline)
+            if problems:
+                result.disagreeing += 1
+                if not result.first:
+                    result.first = f"{problems[0]}\n{highlight(r, trained)}"
+        if result.disagreeing and result.status == "agree":
+            result.status = "disagree"
+        if result.status == "refused":
+            result.first = result.first and f"(from_tokenizer warned) {result.first}"
+        report.types.append(result)
+    return report
+
+
+def highlight(r: Rendering, trained: list[bool]) -> str:
+    """The rendering with its trained text between [[ and ]]."""
+    out, at, inside = [], 0, False
+    for (s, _), t in zip(r.offsets, trained):
+        if t != inside:
+            out.append(r.text[at:s] + ("[[" if t else "]]"))
+            at, inside = s, t
+    out.append(r.text[at:] + ("]]" if inside else ""))
+    return "".join(out)

@@ -143,7 +143,6 @@ TYPES = (
     "tool call",
     "tool call without content",
     "several tool calls",
-    "reply after a tool result",
     "reasoning",
 )
 
@@ -220,15 +219,16 @@ def probe_conversations(lead: str, trail: str, string_arguments: bool = False) -
     ]
 
 
-def find_call(text: str, lo: int) -> tuple[int, int] | None:
-    """The character span of the tool call after `lo`: the JSON object around its name."""
-    name = text.find(FUNCTION, lo)
-    if name < 0:
+def find_call(text: str, lo: int, name: str = FUNCTION, value: str = VALUE):
+    """The character span of the tool call to `name` after `lo`: the JSON object around the
+    name, or from the name through the argument `value` when no brace stands before it."""
+    at = text.find(name, lo)
+    if at < 0:
         return None
-    start = text.rfind("{", lo, name)
+    start = text.rfind("{", lo, at)
     if start < 0:
-        value = text.find(VALUE, name)
-        return (name, value + len(VALUE)) if value >= 0 else None
+        end = text.find(value, at)
+        return (at, end + len(value)) if end >= 0 else None
     depth = 0
     for end in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[end], 0)
@@ -312,13 +312,30 @@ def _render_probe(tokenizer: Any, template: str | None, shape: int, probes) -> R
     return rendered[0] if rendered else None
 
 
-def render(tokenizer: Any, template: str | None, shape: int, probe: Probe, messages=None):
-    """`probe` rendered and tokenized with its anchors, or None when the template rejects it."""
+def _name_and_value(tool_call: dict) -> tuple[str, str]:
+    """A call's function name and the value of its first argument."""
+    function = tool_call["function"]
+    arguments = function["arguments"]
+    if isinstance(arguments, str):
+        arguments = json.loads(arguments)
+    return function["name"], str(next(iter(arguments.values()), ""))
+
+
+def render(
+    tokenizer: Any,
+    template: str | None,
+    shape: int,
+    probe: Probe,
+    messages: list[dict] | None = None,
+    tools: list | None = None,
+) -> Rendering | None:
+    """`probe` (or `messages` of its type) rendered and tokenized with its anchors, or None
+    when the template rejects it."""
     messages = list(probe.messages) if messages is None else messages
     try:
         text = tokenizer.apply_chat_template(
             messages,
-            tools=PROBE_TOOLS if probe.tools else None,
+            tools=tools if tools is not None else PROBE_TOOLS if probe.tools else None,
             chat_template=template,
             tokenize=False,
             add_generation_prompt=probe.generation_prompt,
@@ -339,16 +356,18 @@ def render(tokenizer: Any, template: str | None, shape: int, probe: Probe, messa
     lo = 0
     for index, message in enumerate(messages):
         content = message.get("content")
-        # a probe content is a unique word: where the template moved it (Mistral puts the
-        # system message in the last user turn), it is found out of order
-        at = text.find(content) if content else -1
-        first_call = find_call(text, lo) if message.get("tool_calls") else None
+        # where the template moved a content (Mistral puts the system message in the last
+        # user turn), it is found out of order
+        at = text.find(content, lo) if content else -1
+        at = text.find(content) if content and at < 0 else at
+        calls = message.get("tool_calls") or ()
+        first_call = find_call(text, lo, *_name_and_value(calls[0])) if calls else None
         content_first = at >= 0 and (first_call is None or at < first_call[0])
         if content_first:  # most templates; some render the calls first (Gemma 4)
             spans.append((index, "content", at, at + len(content)))
             lo = at + len(content)
-        for _ in message.get("tool_calls") or ():
-            call = find_call(text, lo)
+        for tool_call in message.get("tool_calls") or ():
+            call = find_call(text, lo, *_name_and_value(tool_call))
             if call is None:
                 break
             spans.append((index, "call", *call))
