@@ -17,6 +17,7 @@ _LAZY = {
     "DataCollatorForCompletionOnlyLM": "gpumask.trl_compat",
     "attach": "gpumask.hook",
     "detach": "gpumask.hook",
+    "TemplateWarning": "gpumask.chat_templates",
 }
 
 __all__ = ["MaskSpec", "MaskSpecError", "mask_labels", *_LAZY]

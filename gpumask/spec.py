@@ -43,8 +43,9 @@ MAX_MARKER_LEN = LENGTH_MASK
 # role codes (arg < 62 < 2**6).
 MAX_MARKERS = 62
 
-# Text that may stand before a marker inside a rendered conversation.
+# Text that may stand before a marker inside a rendered conversation, and after it.
 CONTEXTS = ("", "\n", " ", "a")
+RIGHT_CONTEXTS = ("\n", " ", "a", "{", "(")
 
 MarkerLike = str | Sequence[int] | Sequence[str | Sequence[int]]
 Ids = tuple[int, ...]
@@ -118,11 +119,14 @@ def is_id_list(value: Any) -> bool:
 
 
 def _encode_in_context(tokenizer: Any, text: str) -> list[tuple[int, ...]]:
-    """Every distinct tokenization of `text` as it appears after each of `CONTEXTS`.
+    """Every distinct tokenization of `text` as it appears after each of `CONTEXTS`, and
+    before each of `RIGHT_CONTEXTS`.
 
-    In a context, the marker is the shortest run of trailing tokens that decodes to text
+    After a context, the marker is the shortest run of trailing tokens that decodes to text
     ending with `text` (a leading space or newline merged into its first token stays part
-    of it, because that is how it appears in the data).
+    of it, because that is how it appears in the data). Before a context that merges with
+    its last character (``"assistant\\n"`` before a reply that starts with ``"\\n"``), the
+    marker is its tokens that end inside it, if at least two do or the one is an added token.
     """
     found: list[tuple[int, ...]] = []
     for context in CONTEXTS:
@@ -133,6 +137,20 @@ def _encode_in_context(tokenizer: Any, text: str) -> list[tuple[int, ...]]:
                 if candidate and candidate not in found:
                     found.append(candidate)
                 break
+    added = set(getattr(tokenizer, "added_tokens_decoder", None) or ())
+    for context in RIGHT_CONTEXTS:
+        try:
+            encoded = tokenizer(
+                text + context, add_special_tokens=False, return_offsets_mapping=True
+            )
+        except (NotImplementedError, TypeError, ValueError):  # a slow tokenizer: no offsets
+            break
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        inside = tuple(int(i) for i, (_, end) in zip(ids, offsets) if end <= len(text))
+        if len(inside) < len(ids) and offsets[len(inside)][0] < len(text):  # merged
+            if len(inside) > 1 or (inside and inside[0] in added):
+                if inside not in found:
+                    found.append(inside)
     return found
 
 

@@ -39,11 +39,13 @@ def test_every_context_tokenization_is_an_alternative(mistral):
         assert any(tuple(ids[-len(alt) :]) == alt for alt in spec.roles["assistant"]), before
 
 
-def test_special_token_marker_has_one_alternative(qwen):
+def test_str_marker_also_matches_where_its_last_token_merges_with_the_reply(qwen):
     spec = MaskSpec(
         roles={"assistant": "<|im_start|>assistant\n"}, end_of_turn="<|im_end|>", tokenizer=qwen
     )
-    assert spec.roles["assistant"] == ((151644, 77091, 198),)
+    # "\n" + a reply starting with "\n" is one token "\n\n": the header without its "\n"
+    assert spec.roles["assistant"] == ((151644, 77091, 198), (151644, 77091))
+    assert spec.end_of_turn == ((151645,),)
     assert spec.end_of_turn == ((151645,),)
     assert spec.vocab_size == len(qwen)
 

@@ -1,0 +1,242 @@
+"""What a chat template is, as markers: `ChatFormat`, and `detect_chat_format` that reads it."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from gpumask.chat_templates.check import describe, disagreements, labels_of
+from gpumask.chat_templates.probes import EXCHANGE, Ids, Rendering, probe_message
+from gpumask.chat_templates.reading import Reader, add_alt
+from gpumask.spec import MaskSpec, MaskSpecError
+
+
+class TemplateWarning(UserWarning):
+    """`from_tokenizer` read a format that is right for most, not all, of the template: a
+    conversation type no marker tells apart, or no end of turn."""
+
+
+ROLE_ORDER = ("system", "user", "assistant", "tool")
+MAIN_ROLES = ("user", "assistant")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFormat:
+    """What :func:`detect_chat_format` read off a chat template, as token ids in context.
+
+    `headers`: role -> header alternatives. `end_of_turn`: end-of-turn alternatives (all roles).
+    `tool_call`: (opens, closes) wrapping a tool call, `None` when the template renders calls
+    with no wrapper (or none at all); `closes` may be empty (Mistral's call ends with the turn).
+    `tool_results`: where tool results live: ``"role 'tool'"``, ``"inside role 'user'"`` or
+    ``"not rendered"``. `masked_spans`: (opens, closes) of tool-result wrappers inside another
+    role's turn. `tool_calls_rendered`: whether the template renders tool calls at all.
+    """
+
+    headers: dict[str, tuple[Ids, ...]]
+    end_of_turn: tuple[Ids, ...]
+    masked_spans: tuple[tuple[tuple[Ids, ...], tuple[Ids, ...]], ...]
+    tool_call: tuple[tuple[Ids, ...], tuple[Ids, ...]] | None
+    tool_calls_rendered: bool
+    tool_results: str
+    unsupported: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def warnings(self) -> list[str]:
+        """What a user must know about this format: the conversation types whose labels it
+        gets wrong (and how), and a missing end of turn."""
+        out = [
+            f"{kind}: the template renders it in a way no marker tells apart, so its labels "
+            f"are wrong there ({what})"
+            for kind, what in self.unsupported
+        ]
+        if not self.end_of_turn:
+            out.append(
+                "no end of turn: the template puts nothing after a reply but the next header, "
+                "so a reply trains up to the next header and the model will not learn to stop; "
+                "pass end_of_turn=... if the model has a stop token"
+            )
+        return out
+
+    def spec(self, tokenizer: Any = None, *, train_tool_calls: bool = True) -> MaskSpec:
+        """The `MaskSpec` of this format (tool calls masked as a span if not `train_tool_calls`)."""
+        spans = [([list(i) for i in o], [list(i) for i in c]) for o, c in self.masked_spans]
+        if not train_tool_calls:
+            if self.tool_call is None or not self.tool_call[1]:
+                raise MaskSpecError(
+                    "train_tool_calls=False: the template "
+                    + (
+                        "renders no tool call"
+                        if not self.tool_calls_rendered
+                        else "wraps tool calls in no (open, close) pair"
+                        if self.tool_call is None
+                        else "opens tool calls but has no close marker"
+                    )
+                    + ", so tool calls cannot be masked as a span"
+                )
+            opens, closes = self.tool_call
+            spans.append(([list(i) for i in opens], [list(i) for i in closes]))
+        return MaskSpec(
+            roles={role: [list(i) for i in alts] for role, alts in self.headers.items()},
+            end_of_turn=[list(i) for i in self.end_of_turn] or None,
+            masked_spans=spans,
+            tokenizer=tokenizer,
+        )
+
+
+def _drop_folded(headers: dict[str, list[Ids]], decode) -> dict[str, tuple[Ids, ...]]:
+    """A role whose header is the user's or the assistant's (a system message folded into a
+    user turn) loses it; a header made of another header and a header of its own role is not
+    one (Mistral's `[/TOOL_RESULTS][TOOL_RESULTS]` is two)."""
+    main = {alt: role for role in MAIN_ROLES for alt in headers.get(role, ())}
+    for role in MAIN_ROLES:
+        for alt in headers.get(role, ()):
+            if main[alt] != role:
+                raise MaskSpecError(
+                    f"the user and assistant turns have the same header "
+                    f"{decode(list(alt))!r}={list(alt)}; the chat format cannot tell them apart"
+                )
+    every = {alt for alts in headers.values() for alt in alts}
+    out: dict[str, tuple[Ids, ...]] = {}
+    for role in ROLE_ORDER:
+        alts = [alt for alt in headers.get(role, ()) if role in MAIN_ROLES or alt not in main]
+        alts = [
+            alt
+            for alt in alts
+            if not any(
+                len(o) < len(alt)
+                and alt[len(alt) - len(o) :] == o
+                and alt[: len(alt) - len(o)] in every
+                for o in alts
+            )
+        ]
+        if alts:
+            out[role] = tuple(alts)
+    return out
+
+
+def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> ChatFormat:
+    """Read the chat format off `tokenizer`'s chat template (or `chat_template`).
+
+    The format read is checked on every probe conversation (:mod:`.check`). The conversation
+    types that fail are left out and the format read again from the others, while that makes
+    fewer types fail; the ones that still fail are reported in `ChatFormat.unsupported` with
+    what goes wrong there. Raises :class:`MaskSpecError` naming
+    what could not be found, or the first disagreement, when a plain exchange fails.
+
+    Example::
+
+        >>> fmt = detect_chat_format(tok)   # Llama 3.1
+        >>> [tok.decode(h) for h in fmt.headers["assistant"]]
+        ['<|start_header_id|>assistant<|end_header_id|>\\n\\n']
+    """
+    reader = Reader(tokenizer, chat_template)
+    _require_an_exchange(reader, tokenizer, chat_template)
+    left_out: set[str | None] = set()
+    best = None
+    for _ in range(4):
+        chat_format = _read(reader.without(left_out), tokenizer)
+        failing = _failures(chat_format, reader.all(), tokenizer)
+        if best is None or len(failing) < len(best[1]):
+            best = chat_format, failing
+        new = set(failing) - left_out
+        if not new:
+            break
+        left_out |= new
+    chat_format, failing = best
+    essential = set(failing) & {EXCHANGE, "several exchanges", None}
+    if essential:
+        r, problems = failing[min(essential, key=str)]
+        raise MaskSpecError(
+            "the format read off the chat template does not reproduce its own rendering: "
+            f"{describe(problems, r)}\n{chat_format.spec(tokenizer)!r}"
+        )
+    unsupported = tuple((kind, failing[kind][1][0]) for kind in sorted(failing, key=str))
+    return dataclasses.replace(chat_format, unsupported=unsupported)
+
+
+def _failures(
+    chat_format: ChatFormat, renderings: list[Rendering], tokenizer: Any
+) -> dict[str | None, tuple[Rendering, list[str]]]:
+    """Conversation type -> its first rendering that disagrees with the format, and why."""
+    spec = chat_format.spec(tokenizer)
+    inline = chat_format.tool_results == "inside role 'assistant'"
+    out: dict[str | None, tuple[Rendering, list[str]]] = {}
+    for r in renderings:
+        if r.type in out:
+            continue
+        problems = disagreements(spec, r, labels_of(spec, r.ids), inline)
+        if problems:
+            out[r.type] = (r, problems)
+    return out
+
+
+def _require_an_exchange(reader: Reader, tokenizer: Any, chat_template: str | None) -> None:
+    base = reader.renderings.get("user, assistant")
+    if not base:
+        try:
+            tokenizer.apply_chat_template(
+                [probe_message("user", "Hi"), probe_message("assistant", "Hello")],
+                chat_template=chat_template,
+                tokenize=False,
+            )
+            error = "it renders no text"
+        except Exception as e:  # noqa: BLE001 - reported to the user
+            error = f"{type(e).__name__}: {e}"
+        raise MaskSpecError(
+            f"the chat template rejects a plain user/assistant conversation ({error})"
+        )
+    rendered = {a.role for a in base[0].anchors}
+    for role in MAIN_ROLES:
+        if role not in rendered:
+            raise MaskSpecError(
+                f"the chat template renders no {role} content: "
+                f"[user, assistant] gave {base[0].text!r}"
+            )
+
+
+def _read(d: Reader, tokenizer: Any) -> ChatFormat:
+    """The format read off the renderings of `d` (not yet checked)."""
+    main_roles = ("system", "user", "assistant")
+    eots = {role: d.end_of_turn(role, {}) for role in main_roles}
+    known = d.headers(eots, {}, None, d.all(primary=True))
+    eots = {role: d.end_of_turn(role, known) for role in main_roles}
+    known = d.headers(eots, {}, None, d.all(primary=True))
+    for role in MAIN_ROLES:
+        if not known.get(role):
+            raise MaskSpecError(
+                f"header of role {role!r} not found: nothing stands between "
+                f"the previous turn's end and the {role}'s content"
+            )
+    tools = d.all(primary=False)
+    inside, result_open, result_close = d.tool_results(eots, known)
+    result_span = d.wrapper_span(result_open, result_close) if inside else None
+    tool_call = d.tool_call(eots, known, result_open if inside == "assistant" else None)
+    main_eots = tuple({e for alts in eots.values() for e in alts})
+    eots["tool"] = eots[inside] if inside else d.end_of_turn("tool", known, main_eots)
+    headers = {role: list(alts) for role, alts in known.items()}
+    for role, alts in d.headers(eots, known, inside, tools).items():
+        for alt in alts:
+            add_alt(headers.setdefault(role, []), alt)
+    headers = _drop_folded(headers, tokenizer.decode)
+    end_of_turn: list[Ids] = []
+    for role in headers:
+        for alt in eots.get(role, ()):
+            add_alt(end_of_turn, alt)
+    results = any(a.role == "tool" for r in tools for a in r.anchors)
+    chat_format = ChatFormat(
+        headers=headers,
+        end_of_turn=tuple(end_of_turn),
+        masked_spans=(result_span,) if result_span else (),
+        tool_call=tool_call,
+        tool_calls_rendered=any(a.kind == "call" for r in tools for a in r.anchors),
+        tool_results=(
+            f"inside role {inside!r}"
+            if inside
+            else "role 'tool'"
+            if "tool" in headers
+            else "not rendered"
+            if not results
+            else "no header found"
+        ),
+    )
+    return chat_format

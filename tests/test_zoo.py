@@ -1,0 +1,271 @@
+"""The template zoo (`zoo.py`): `from_tokenizer`'s outcome on each template, and its labels on
+random conversations of every type the template renders, against the contents' characters.
+
+The outcome is the SPEC's: a spec and no warning ("agree"); a spec and a `TemplateWarning`
+naming the one conversation type it cannot tell apart ("partial"); a spec with no end of
+turn and a warning saying so; or a `MaskSpecError`. The labels are checked as in
+`test_real_formats.py`: a token trains iff its characters overlap an assistant *body* and no
+hole. A body runs from the message's content (from its reasoning block's opening text when
+the template renders one, from its tool call's opening text when the call has no content
+rendered beside it) through the end of the end-of-turn text after it; with no end of turn,
+through the whitespace before the next header, whose first character is a hole (a token that
+merges a reply's last space with the header is the header's). A reasoning block that is an
+assistant turn of its own (harmony's analysis channel) is a body of its own. A tool result
+inside a reply is a hole with its wrapper. A "partial" template's conversations hold every
+type but the one its warning names.
+"""
+
+import functools
+import json
+import random
+import re
+import warnings
+
+import pytest
+import torch
+from test_real_formats import FUNCTIONS, TOOLS, WORDS, _expected
+from zoo import ZOO, load_zoo
+
+import gpumask
+from gpumask import MaskSpec, mask_labels
+
+CONVERSATIONS = 60
+LABELLED = sorted(name for name, t in ZOO.items() if t.expected != "refused")
+
+
+def _text(rng: random.Random, trims: bool) -> str:
+    words = [rng.choice(WORDS) for _ in range(rng.randint(2, 14))]
+    for i in range(1, len(words)):
+        if rng.random() < 0.08:
+            words[i] = "\n" + words[i]
+    text = " ".join(words)
+    if rng.random() < 0.5:
+        text += rng.choice(".?!:)")
+    if not trims and rng.random() < 0.1:  # whitespace at the edges
+        text = rng.choice(["\n", " ", "\n\n"]) + text + rng.choice(["", "\n", " "])
+    return text
+
+
+def _reply(rng: random.Random, t, types: set, **fields) -> dict:
+    message = {"role": "assistant", "content": _text(rng, t.trims), **fields}
+    if "reasoning" in types and rng.random() < 0.5:
+        # unique, so that a block the template drops is never found elsewhere
+        reasoning = f"Plan {rng.randrange(10**6):06d}: " + _text(rng, trims=True)
+        message |= {"reasoning_content": reasoning, "thinking": reasoning}
+    return message
+
+
+def _call(rng: random.Random, t, index: int) -> dict:
+    arguments = {"city": rng.choice(WORDS)}
+    if t.arguments == "string" or (t.arguments == "both" and rng.random() < 0.5):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return {
+        "id": f"call{index:05d}",
+        "type": "function",
+        "function": {"name": rng.choice(FUNCTIONS), "arguments": arguments},
+    }
+
+
+def _conversation(rng: random.Random, t) -> tuple[list[dict], bool]:
+    """Random messages of the types `t` renders, and whether they need the tool list."""
+    types = set(t.types)
+    calls_of = [kind for kind in ("tool call", "tool call without content") if kind in types]
+    messages: list[dict] = []
+    if "system prompt" in types and rng.random() < 0.5:
+        messages.append({"role": "system", "content": _text(rng, t.trims)})
+    calls = 0
+    for _ in range(rng.randint(1, 3)):
+        messages.append({"role": "user", "content": _text(rng, t.trims)})
+        if "consecutive user turns" in types and rng.random() < 0.2:
+            messages.append({"role": "user", "content": _text(rng, t.trims)})
+        results = 0
+        if calls_of and rng.random() < 0.5:
+            results = rng.randint(1, t.max_calls) if "several tool calls" in types else 1
+            call = _reply(
+                rng, t, types, tool_calls=[_call(rng, t, calls + i) for i in range(results)]
+            )
+            if rng.choice(calls_of) == "tool call without content":
+                call["content"] = None
+            messages.append(call)
+        elif t.tools == "results" and rng.random() < 0.3:
+            messages.append(_reply(rng, t, types))
+            results = rng.randint(1, 2)
+        for i in range(results):
+            result = {"role": "tool", "tool_call_id": f"call{calls + i:05d}"}
+            messages.append(result | {"content": _text(rng, t.trims)})
+        calls += results if calls_of else 0
+        if results and "reply after a tool result" not in types:
+            continue
+        messages.append(_reply(rng, t, types))
+        if "consecutive replies" in types and rng.random() < 0.2:
+            messages.append(_reply(rng, t, types))
+    return messages, calls > 0
+
+
+def _types_of(messages: list[dict]) -> set[str]:
+    """The conversation types `messages` hold (to check that the generator covers them all)."""
+    found = set()
+    for previous, message in zip([{"role": None}, *messages], messages):
+        roles = (previous["role"], message["role"])
+        found |= {
+            "system prompt": message["role"] == "system",
+            "consecutive user turns": roles == ("user", "user"),
+            "consecutive replies": roles == ("assistant", "assistant"),
+            "reply after a tool result": roles == ("tool", "assistant"),
+            "tool call": bool(message.get("tool_calls")) and message["content"] is not None,
+            "tool call without content": bool(message.get("tool_calls"))
+            and message["content"] is None,
+            "several tool calls": len(message.get("tool_calls") or ()) > 1,
+            "reasoning": "reasoning_content" in message,
+        }.items()
+    return {kind for kind, present in found if present}
+
+
+def _turn_end(text: str, at: int, t) -> tuple[int, int | None]:
+    """Where a reply whose text reaches `at` ends, and the first character of the header
+    that ends it when there is no end of turn (None when it runs to the end of the text)."""
+    if t.eots:
+        ends = [(text.find(eot, at), eot) for eot in t.eots]
+        start, eot = min((i, eot) for i, eot in ends if i >= 0)
+        return start + len(eot), None
+    starts = [i for i in (text.find(header, at) for header in t.headers) if i >= 0]
+    return (min(starts), min(starts)) if starts else (len(text), None)
+
+
+def _bodies(text: str, messages: list[dict], t) -> tuple[list, list]:
+    """Character spans that train, and holes in them (see the module docstring). Every other
+    content must be found after the previous one, so that a template that drops or moves
+    one fails here."""
+    bodies, holes, at = [], [], 0
+
+    def add(start: int, reaches: int) -> int:
+        end, header = _turn_end(text, reaches, t)
+        bodies.append((start, end))
+        if header is not None:
+            holes.append((header, header + 1))
+        return end
+
+    for message in messages:
+        content = message["content"] or ""
+        if message["role"] != "assistant":
+            found = text.find(content, at)
+            if found >= 0:
+                if message["role"] == "tool" and t.inline_results:
+                    opens, closes = t.inline_results
+                    end = text.index(closes, found + len(content)) + len(closes)
+                    holes.append((text.rindex(opens, at, found), end))
+                at = found + len(content)
+            elif message["role"] == "tool" and t.quotes_tool_results:
+                quoted = json.dumps(content, ensure_ascii=False)
+                at = text.index(quoted, at) + len(quoted)
+            else:
+                raise AssertionError(f"{t.name}: {message} is not in {text!r}")
+            continue
+        start = None
+        reasoning = message.get("reasoning_content")
+        found = text.find(reasoning, at) if reasoning else -1
+        if found >= 0 and t.reasoning_turns:
+            add(found, found + len(reasoning))
+        elif found >= 0:
+            start = text.rindex(t.think, at, found)
+        if found >= 0:
+            at = found + len(reasoning)
+        found = text.find(content, at) if content else -1
+        if message.get("tool_calls") and (found < 0 or not t.call_content):
+            found = text.find(t.call_open, at)
+            reaches = found + len(t.call_open)
+        else:
+            reaches = found + len(content)
+            if t.reply_prefix and text.endswith(t.reply_prefix, at, found):
+                found -= len(t.reply_prefix)
+        assert found >= 0, (t.name, message, text)
+        add(found if start is None else start, reaches)
+        at = reaches
+    return bodies, holes
+
+
+@functools.cache
+def _detected(name: str) -> MaskSpec:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return MaskSpec.from_tokenizer(load_zoo(name))
+
+
+def _check(name: str, spec: MaskSpec) -> None:
+    """Labels of `spec` on random conversations of the template's types, against their bodies."""
+    t, tok = ZOO[name], load_zoo(name)
+    rng = random.Random(f"gpumask zoo {name}")
+    texts, all_bodies, types = [], [], set()
+    for _ in range(CONVERSATIONS):
+        messages, with_tools = _conversation(rng, t)
+        text = tok.apply_chat_template(
+            messages, tools=TOOLS if with_tools else None, tokenize=False
+        )
+        texts.append(text)
+        all_bodies.append(_bodies(text, messages, t))
+        types |= _types_of(messages)
+    assert types == set(t.types), "the generator must cover every type the template renders"
+    encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    length = max(len(ids) for ids in encoded["input_ids"])
+    input_ids = torch.zeros(len(texts), length, dtype=torch.int64)
+    attention_mask = torch.zeros(len(texts), length, dtype=torch.int64)
+    expected = torch.full((len(texts), length), -100, dtype=torch.int64)
+    for row, (ids, offsets, (bodies, holes)) in enumerate(
+        zip(encoded["input_ids"], encoded["offset_mapping"], all_bodies)
+    ):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        trained = torch.tensor(_expected(offsets, bodies, holes), dtype=torch.bool)
+        expected[row, : len(ids)] = torch.where(trained, torch.tensor(ids), -100)
+    labels = mask_labels(input_ids, spec, attention_mask=attention_mask)
+    wrong = (labels != expected).nonzero().tolist()
+    if wrong:
+        row, at = wrong[0]
+        s, e = encoded["offset_mapping"][row][at]
+        pytest.fail(
+            f"{name}: {len(wrong)} wrong labels in {len({r for r, _ in wrong})} rows; first: "
+            f"row {row}, token {at} {texts[row][s:e]!r} trains={labels[row, at] != -100} "
+            f"expected={expected[row, at] != -100}, in context "
+            f"{texts[row][max(0, s - 60) : s]!r} | {texts[row][s : e + 60]!r}\n{spec!r}"
+        )
+    assert int((expected != -100).sum()) > CONVERSATIONS  # the conversations do train
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_outcome_is_the_one_the_spec_asks_for(name):
+    t, tok = ZOO[name], load_zoo(name)
+    if t.expected == "refused":
+        with pytest.raises(gpumask.MaskSpecError, match=t.refusal):
+            MaskSpec.from_tokenizer(tok)
+        return
+    if t.expected == "agree":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            spec = MaskSpec.from_tokenizer(tok)
+        assert [str(w.message) for w in caught if w.category.__name__ == "TemplateWarning"] == []
+    else:
+        match = "no end of turn" if t.expected == "no end of turn" else re.escape(t.excluded)
+        with pytest.warns(gpumask.TemplateWarning, match=match):
+            spec = MaskSpec.from_tokenizer(tok)
+    assert bool(spec.end_of_turn) == (t.expected != "no end of turn")
+
+
+@pytest.mark.parametrize("name", LABELLED)
+def test_random_conversations_train_exactly_the_assistant_bodies(name):
+    _check(name, _detected(name))
+
+
+def test_hand_written_str_markers_match_where_the_reply_merges_with_the_header():
+    # "<|im_start|>assistant\n" before a reply that starts with "\n" tokenizes as
+    # "...assistant" + "\n\n": the str marker must be encoded with right contexts too
+    tok = load_zoo("chatml_qwen2_5_tools")
+    spec = MaskSpec(
+        roles={
+            "system": "<|im_start|>system\n",
+            "user": "<|im_start|>user\n",
+            "assistant": "<|im_start|>assistant\n",
+        },
+        end_of_turn="<|im_end|>",
+        tokenizer=tok,
+    )
+    _check("chatml_qwen2_5_tools", spec)

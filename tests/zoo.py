@@ -1,0 +1,371 @@
+"""The template zoo: chat templates that reproduce the structure of public families.
+
+Each template in `fixtures/zoo/` is our own Jinja text, written to render what a public
+family's template renders (same control tokens, same layout), and applied to the bundled
+tokenizer of the same kind (SentencePiece families on Mistral-7B v0.1, byte-level ones on
+Qwen2.5 or Llama 3.1) with the family's control tokens added as its real tokenizer has them:
+special, or added but not special (DeepSeek V3's ``<｜User｜>``).
+
+A `Template` also says what its conversations may hold and what the rendered text looks like,
+written from the template (ground truth for `test_zoo.py`), and what `MaskSpec.from_tokenizer`
+must return for it according to the SPEC (section 3):
+
+- ``"agree"``: a spec with no warning that trains exactly the assistant bodies;
+- ``"partial"``: a spec for every conversation type but `excluded`, and a `TemplateWarning`
+  that names that type;
+- ``"no end of turn"``: a spec with ``end_of_turn=None``, the reply running until the next
+  header, and a `TemplateWarning` that says "no end of turn";
+- ``"refused"``: a `MaskSpecError` whose message matches `refusal`.
+
+>>> tok = load_zoo("phi3_mini")  # Mistral-7B v0.1's tokenizer, Phi-3's tokens, the template
+>>> ZOO["phi3_mini"].expected, ZOO["phi3_mini"].excluded, ZOO["phi3_mini"].types
+('partial', 'consecutive replies', ('consecutive user turns',))
+"""
+
+import dataclasses
+import functools
+import os
+
+from conftest import FIXTURES, TOKENIZERS
+from transformers import AutoTokenizer
+
+ZOO_DIR = os.path.join(FIXTURES, "zoo")
+
+# The conversation types `from_tokenizer` names in its warnings (SPEC section 3).
+TYPES = (
+    "system prompt",
+    "consecutive user turns",
+    "consecutive replies",
+    "tool call",
+    "tool call without content",
+    "several tool calls",
+    "reply after a tool result",
+    "reasoning",
+)
+OUTCOMES = ("agree", "partial", "no end of turn", "refused")
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    """One zoo template: its tokenizer, what it renders, and the outcome the SPEC asks for.
+
+    Rendering fields (read off the template text): `eot` is the text that ends an assistant
+    turn (several: whichever comes first; None: nothing does, the next header ends a reply,
+    and `headers` lists the texts a header starts with); `call_open` the text a tool call
+    starts with; `reply_prefix` text the template writes in front of every reply's content
+    (Llama 2's space after ``[/INST]``); `think` the text a rendered reasoning block starts
+    with (``<think>``), or `reasoning_turns` when reasoning is an assistant turn of its own
+    (harmony's analysis channel); `inline_results` the wrapper of a tool result rendered
+    inside the assistant's turn.
+    """
+
+    name: str
+    family: str  # the public family whose structure the template reproduces
+    tokenizer: str  # a folder in fixtures/tokenizers
+    eot: str | tuple[str, ...] | None
+    expected: str = "agree"
+    excluded: str = ""  # "partial": the conversation type the warning names
+    refusal: str = ""  # "refused": a regex the error message matches
+    special: tuple[str, ...] = ()  # tokens added as special tokens
+    plain: tuple[str, ...] = ()  # tokens added as ordinary (not special) tokens
+    bos: str | None = None
+    eos: str | None = None
+    headers: tuple[str, ...] = ()  # eot None: the texts the next header starts with
+    system: bool = True  # renders a system message
+    alternating: bool = False  # refuses anything but user/assistant alternation
+    tools: str = ""  # "calls": tool calls and results; "results": tool messages only
+    arguments: str = "dict"  # tool-call arguments it accepts: "dict", "string" or "both"
+    call_open: str = ""
+    call_content: bool = True  # renders an assistant's content beside its calls
+    calls_without_content: bool = True  # renders a call whose content is None
+    max_calls: int = 2
+    quotes_tool_results: bool = False  # tool results rendered as JSON strings
+    inline_results: tuple[str, str] | None = None
+    think: str = ""
+    reasoning_turns: bool = False
+    trims: bool = False  # strips whitespace around contents
+    reply_prefix: str = ""
+
+    def __post_init__(self):
+        assert self.expected in OUTCOMES, self.expected
+        assert (self.expected == "partial") == bool(self.excluded), self.name
+        assert (self.expected == "refused") == bool(self.refusal), self.name
+        assert (self.eot is None) == bool(self.headers), self.name
+        assert os.path.exists(self.path), self.path
+
+    @property
+    def path(self) -> str:
+        return os.path.join(ZOO_DIR, self.name + ".jinja")
+
+    @property
+    def eots(self) -> tuple[str, ...]:
+        return (self.eot,) if isinstance(self.eot, str) else self.eot or ()
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The conversation types its random conversations hold (all but `excluded`)."""
+        rendered = {
+            "system prompt": self.system,
+            "consecutive user turns": not self.alternating,
+            "consecutive replies": not self.alternating,
+            "tool call": self.tools == "calls",
+            "tool call without content": self.tools == "calls" and self.calls_without_content,
+            "several tool calls": self.tools == "calls" and self.max_calls > 1,
+            "reply after a tool result": bool(self.tools),
+            "reasoning": bool(self.think) or self.reasoning_turns,
+        }
+        return tuple(t for t in TYPES if rendered[t] and t != self.excluded)
+
+
+SPM = "mistral7b_v01"
+LLAMA3 = "llama3_1"
+QWEN = "qwen2_5"
+LLAMA_EOS = {"bos": "<s>", "eos": "</s>"}
+MISTRAL_V3 = ("[INST]", "[/INST]", "[TOOL_CALLS]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]")
+MISTRAL_V3 += ("[TOOL_RESULTS]", "[/TOOL_RESULTS]")
+PHI3 = ("<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>")
+COHERE = (
+    "<BOS_TOKEN>",
+    "<|START_OF_TURN_TOKEN|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<|SYSTEM_TOKEN|>",
+    "<|USER_TOKEN|>",
+    "<|CHATBOT_TOKEN|>",
+)
+COMMAND_A = COHERE + (
+    "<|START_RESPONSE|>",
+    "<|END_RESPONSE|>",
+    "<|START_THINKING|>",
+    "<|END_THINKING|>",
+    "<|START_ACTION|>",
+    "<|END_ACTION|>",
+    "<|START_TOOL_RESULT|>",
+    "<|END_TOOL_RESULT|>",
+)
+DEEPSEEK_ENDS = ("<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>")
+DEEPSEEK_CHAT = (
+    "<｜User｜>",
+    "<｜Assistant｜>",
+    "<｜tool▁calls▁begin｜>",
+    "<｜tool▁calls▁end｜>",
+    "<｜tool▁call▁begin｜>",
+    "<｜tool▁call▁end｜>",
+    "<｜tool▁sep｜>",
+    "<｜tool▁outputs▁begin｜>",
+    "<｜tool▁outputs▁end｜>",
+    "<｜tool▁output▁begin｜>",
+    "<｜tool▁output▁end｜>",
+)
+DEEPSEEK = {"bos": DEEPSEEK_ENDS[0], "eos": DEEPSEEK_ENDS[1]}
+EXAONE = ("[|system|]", "[|user|]", "[|assistant|]", "[|tool|]", "[|endofturn|]")
+GRANITE = ("<|start_of_role|>", "<|end_of_role|>", "<|end_of_text|>", "<|tool_call|>")
+GLM = ("[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+GLM45 = GLM + ("<think>", "</think>", "<tool_call>", "</tool_call>", "<arg_key>", "</arg_key>")
+GLM45 += ("<arg_value>", "</arg_value>", "<tool_response>", "</tool_response>")
+KIMI = ("<|im_system|>", "<|im_user|>", "<|im_assistant|>", "<|im_middle|>", "<|im_end|>")
+KIMI += (
+    "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>",
+    "<|tool_call_begin|>",
+    "<|tool_call_argument_begin|>",
+    "<|tool_call_end|>",
+)
+HARMONY = ("<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>", "<|call|>")
+GEMMA = ("<start_of_turn>", "<end_of_turn>")
+GEMMA4 = ("<|turn>", "<turn|>", "<|tool_call>", "<tool_call|>", "<|tool_response>")
+GEMMA4 += ("<tool_response|>", '<|"|>')
+CHATML = ("<|im_start|>", "<|im_end|>")
+JAMBA = ("<|startoftext|>", "<|bom|>", "<|eom|>", "<|system|>", "<|user|>", "<|assistant|>")
+
+ZOO = {
+    t.name: t
+    for t in [
+        Template(
+            "chatml_qwen2_5_tools",
+            "Qwen2.5 (ChatML, tools in the system turn)",
+            QWEN,
+            "<|im_end|>",
+            tools="calls",
+            call_open="<tool_call>",
+        ),
+        Template(
+            "qwen3_think",
+            "Qwen3 (<think> in replies after the last user turn)",
+            QWEN,
+            "<|im_end|>",
+            tools="calls",
+            call_open="<tool_call>",
+            think="<think>",
+            trims=True,
+        ),
+        Template(
+            "hermes2_pro_tools",
+            "Hermes-2-Pro (ChatML, a tool role around <tool_response>)",
+            QWEN,
+            "<|im_end|>",
+            tools="calls",
+            call_open="<tool_call>",
+        ),
+        Template(
+            "llama2_inst_sys",
+            "Llama 2 chat ([INST] <<SYS>>, 'reply </s>')",
+            SPM,
+            "</s>",
+            alternating=True,
+            reply_prefix=" ",
+            trims=True,
+        ),
+        Template("llama3", "Llama 3 Instruct", LLAMA3, "<|eot_id|>", trims=True),
+        Template(
+            "llama3_1_tools",
+            "Llama 3.1 (ipython role, dict or string arguments)",
+            LLAMA3,
+            "<|eot_id|>",
+            tools="calls",
+            arguments="both",
+            call_open='{"name"',
+            call_content=False,
+            max_calls=1,
+            quotes_tool_results=True,
+            trims=True,
+        ),
+        Template(
+            "llama3_2_dated",
+            "Llama 3.2 (today's date from strftime_now in the system turn)",
+            LLAMA3,
+            "<|eot_id|>",
+            trims=True,
+        ),
+        Template(
+            "llama3_2_clock",
+            "Llama 3.2-style with strftime_now('%H:%M:%S.%f') in the system turn",
+            LLAMA3,
+            "<|eot_id|>",
+            trims=True,
+        ),
+        Template(
+            "mistral_v1",
+            "Mistral-7B-Instruct v0.1/v0.2 ([INST] q [/INST]reply</s>)",
+            SPM,
+            "</s>",
+            alternating=True,
+        ),
+        Template(
+            "mistral_v3_tools",
+            "Mistral v0.3 ([TOOL_CALLS], [TOOL_RESULTS], legacy SentencePiece)",
+            SPM,
+            "</s>",
+            special=MISTRAL_V3,
+            system=False,
+            alternating=True,
+            tools="calls",
+            call_open="[TOOL_CALLS]",
+            call_content=False,
+            reply_prefix=" ",
+            trims=True,
+        ),
+        Template(
+            "mistral_v7_tekken",
+            "Mistral Small v7 Tekken ([SYSTEM_PROMPT], no header on a second reply)",
+            LLAMA3,
+            "</s>",
+            expected="partial",
+            excluded="consecutive replies",
+            special=("<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"),
+            **LLAMA_EOS,
+        ),
+        Template(
+            "mixtral_8x22b",
+            "Mixtral-8x22B-Instruct ([INST] and [/INST] control tokens, ' reply</s>')",
+            SPM,
+            "</s>",
+            special=("[INST]", "[/INST]"),
+            alternating=True,
+            reply_prefix=" ",
+        ),
+        Template(
+            "gemma2",
+            "Gemma 2 (<start_of_turn>model, no system role)",
+            LLAMA3,
+            "<end_of_turn>",
+            special=GEMMA,
+            system=False,
+            alternating=True,
+            trims=True,
+        ),
+        Template(
+            "gemma3",
+            "Gemma 3 (system folded into the first user turn)",
+            LLAMA3,
+            "<end_of_turn>",
+            special=GEMMA,
+            alternating=True,
+            trims=True,
+        ),
+        Template(
+            "phi3_mini",
+            "Phi-3-mini (the user turn writes <|assistant|>, system dropped)",
+            SPM,
+            "<|end|>",
+            expected="partial",
+            excluded="consecutive replies",
+            special=PHI3,
+            system=False,
+        ),
+        Template(
+            "phi3_5",
+            "Phi-3.5-mini (<|system|> <|user|> <|assistant|> ... <|end|>)",
+            SPM,
+            "<|end|>",
+            special=PHI3,
+            eos="<|endoftext|>",
+        ),
+        Template(
+            "phi4",
+            "Phi-4 (<|im_start|>role<|im_sep|>)",
+            QWEN,
+            "<|im_end|>",
+            special=("<|im_sep|>",),
+        ),
+        Template(
+            "deepseek_v2",
+            "DeepSeek-V2 Chat ('User: ' / 'Assistant: ' with BOS and EOS)",
+            LLAMA3,
+            DEEPSEEK_ENDS[1],
+            special=DEEPSEEK_ENDS,
+            reply_prefix=" ",
+            **DEEPSEEK,
+        ),
+        Template(
+            "deepseek_v3_tools",
+            "DeepSeek V3 (<｜User｜> not special, string arguments, reply after "
+            "<｜tool▁outputs▁end｜>)",
+            LLAMA3,
+            DEEPSEEK_ENDS[1],
+            special=DEEPSEEK_ENDS,
+            plain=DEEPSEEK_CHAT,
+            tools="calls",
+            arguments="string",
+            call_open="<｜tool▁calls▁begin｜>",
+            **DEEPSEEK,
+        ),
+    ]
+}
+
+
+@functools.cache
+def load_zoo(name: str):
+    """The template's tokenizer, control tokens added, template set (shared: do not modify)."""
+    template = ZOO[name]
+    tok = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, template.tokenizer))
+    if template.special:
+        tok.add_special_tokens({"additional_special_tokens": list(template.special)})
+    if template.plain:
+        tok.add_tokens(list(template.plain))
+    if template.bos:
+        tok.bos_token = template.bos
+    if template.eos:
+        tok.eos_token = template.eos
+    with open(template.path, encoding="utf-8") as f:
+        tok.chat_template = f.read()
+    return tok
