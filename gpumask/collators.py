@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpumask.masking import mask_labels
+from gpumask.masking import check_ignore_index, mask_labels
 from gpumask.padding import (
     Row,
     check_padding_options,
@@ -55,11 +55,16 @@ MASK_ON = ("batch", "step")
 
 
 def mask_batch(
-    input_ids: np.ndarray, attention_mask: np.ndarray, spec: MaskSpec, ignore_index: int
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    spec: MaskSpec,
+    ignore_index: int,
+    generator: torch.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Labels of a padded batch, trained tokens per row (`[B]`), and per-row token counts by
     role (`[B, R + 1]`, the last column for tokens in no role), to say why a row has no
-    trained token. `attention_mask` is nonzero (or True: no conversion) at real tokens.
+    trained token. `attention_mask` is nonzero (or True: no conversion) at real tokens;
+    `generator` gives the draws of `spec.ignore_token_prob`.
 
     Example::
 
@@ -74,9 +79,33 @@ def mask_batch(
         spec,
         attention_mask=torch.from_numpy(attention_mask),
         ignore_index=ignore_index,
+        generator=generator,
         return_stats=True,
     )
     return labels.numpy(), stats["trained"].numpy(), stats["role_tokens"].numpy()
+
+
+def _check_draws(seed: int | None, generator: torch.Generator | None, mask_on: str) -> None:
+    if seed is not None and generator is not None:
+        raise ValueError("seed: give either seed or generator, not both")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"seed: expected an int >= 0 or None, got {seed!r}")
+    if generator is not None:
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator: expected a torch.Generator, got {type(generator).__name__}"
+            )
+        if generator.device.type != "cpu":
+            raise ValueError(
+                f"generator: on {generator.device}; the collator draws on the CPU, "
+                "pass torch.Generator()"
+            )
+    if mask_on == "step" and (seed is not None or generator is not None):
+        what = "seed" if seed is not None else "generator"
+        raise ValueError(
+            f"{what}: with mask_on='step' the collator draws nothing; pass "
+            "generator= to gpumask.attach, which masks in the step"
+        )
 
 
 # --- the collator -------------------------------------------------------------------------
@@ -100,6 +129,21 @@ class CompletionCollator:
         ignore_index: the label of untrained tokens (Hugging Face losses skip -100 only).
         padding_side: "left" or "right"; default the tokenizer's, else right.
         warn: warn (`NoTrainedTokensWarning`) on rows with no trained token (mask_on="batch").
+        seed: seeds the draws of `spec.ignore_token_prob` (a probability between 0 and 1), so
+            the dropped tokens are the same run after run. In DataLoader workers each worker
+            draws its own stream, seeded from (`seed`, its worker id); see below.
+        generator: a `torch.Generator` (CPU) for those draws instead of `seed`; default the
+            global RNG. In DataLoader workers every worker starts from a copy of it in the
+            same state, so workers repeat each other's draws: use `seed` there.
+
+    DataLoader workers (`num_workers > 0`) each hold a copy of the collator. With `seed`, the
+    collator seeds a stream on its first call in each worker from `seed` and
+    `torch.utils.data.get_worker_info().id`: distinct for every worker, the same in every
+    run, and restarted each epoch unless `persistent_workers=True` (a shuffled loader still
+    gives each batch new draws). For a stream that also changes with the epoch, seed it from
+    the loader's per-epoch worker seed in `worker_init_fn`, e.g.
+    `collate.generator.manual_seed(torch.utils.data.get_worker_info().seed)` (with fork,
+    where the collator the worker calls is the one `worker_init_fn` sees).
 
     Examples are dicts with `input_ids` (list, numpy array or tensor) and optionally
     `attention_mask`, or bare id sequences; other keys are dropped.
@@ -125,6 +169,8 @@ class CompletionCollator:
         ignore_index: int = -100,
         padding_side: str | None = None,
         warn: bool = True,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         if spec is None:
             if tokenizer is None:
@@ -146,8 +192,8 @@ class CompletionCollator:
             isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
         ):
             raise ValueError(f"max_length: expected a positive int or None, got {max_length!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+        check_ignore_index(ignore_index)
+        _check_draws(seed, generator, mask_on)
         pad_id = getattr(tokenizer, "pad_token_id", None)
         if pad_id is None:
             pad_id = getattr(tokenizer, "eos_token_id", None)
@@ -162,6 +208,9 @@ class CompletionCollator:
         self.truncation_side = getattr(tokenizer, "truncation_side", None) or "right"
         self.pad_token_id = 0 if pad_id is None else int(pad_id)
         self.warn = warn
+        self.seed = seed
+        self.generator = generator
+        self._seeded_for: int | None = None  # the worker id `generator` was seeded for
 
     def __repr__(self) -> str:
         return (
@@ -192,7 +241,9 @@ class CompletionCollator:
         )
         labels = None
         if self.mask_on == "batch":
-            labels, trained, role_tokens = mask_batch(input_ids, real, self.spec, self.ignore_index)
+            labels, trained, role_tokens = mask_batch(
+                input_ids, real, self.spec, self.ignore_index, self._generator()
+            )
             if self.padding_free:
                 starts = torch.from_numpy(first_tokens(keep))
                 not_a_target_at_starts(torch.from_numpy(labels), starts, self.ignore_index)
@@ -207,6 +258,19 @@ class CompletionCollator:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         return {k: torch.from_numpy(v) for k, v in batch.items() if v is not None}
+
+    def _generator(self) -> torch.Generator | None:
+        """The generator of this process's draws: with `seed`, one seeded from (seed, worker
+        id) on the first call in each DataLoader worker (-1 outside workers)."""
+        if self.seed is None:
+            return self.generator
+        info = torch.utils.data.get_worker_info()
+        worker = -1 if info is None else info.id
+        if self._seeded_for != worker:
+            state = np.random.SeedSequence([self.seed, worker + 1]).generate_state(1, np.uint64)
+            self.generator = torch.Generator().manual_seed(int(state[0]) >> 1)
+            self._seeded_for = worker
+        return self.generator
 
     def _flatten(self, input_ids, keep, labels) -> dict[str, Any]:
         input_ids, position_ids, labels, lengths = flatten(input_ids, keep, labels)

@@ -41,6 +41,38 @@ def _check_companion(name: str, value, input_ids: torch.Tensor, *, bool_ok: bool
         raise ValueError(f"{name}: on {value.device}, but input_ids is on {input_ids.device}")
 
 
+def _check_offsets_increase(cu_seqlens: torch.Tensor) -> None:
+    """Offsets must not decrease. Checked where that needs no host sync (CPU tensors, eager
+    calls); on a GPU, or under `torch.compile`, decreasing offsets are the caller's bug."""
+    if not cu_seqlens.is_cpu or torch.compiler.is_compiling():
+        return
+    down = (cu_seqlens[1:] < cu_seqlens[:-1]).nonzero()
+    if down.numel():
+        i = int(down[0, 0])
+        raise ValueError(
+            f"cu_seqlens: offsets must not decrease, got {cu_seqlens.tolist()} "
+            f"({int(cu_seqlens[i])} then {int(cu_seqlens[i + 1])} at index {i + 1})"
+        )
+
+
+def _check_fits(name: str, values, dtype: torch.dtype) -> None:
+    """Every value in `values` (ints) fits `dtype`, the ids' dtype."""
+    info = torch.iinfo(dtype)
+    bad = [v for v in values if not info.min <= v <= info.max]
+    if bad:
+        raise ValueError(
+            f"{name}: {bad[0]} does not fit input_ids' dtype {dtype} "
+            f"([{info.min}, {info.max}])"
+        )
+
+
+def check_ignore_index(ignore_index: int, dtype: torch.dtype = torch.int64) -> None:
+    """`ignore_index` is an int that fits the ids' dtype (int64 for the collators' batches)."""
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+    _check_fits("ignore_index", [ignore_index], dtype)
+
+
 def validate_inputs(
     input_ids, spec, attention_mask, position_ids, cu_seqlens, ignore_index, generator, backend
 ) -> None:
@@ -80,8 +112,9 @@ def validate_inputs(
                 f"cu_seqlens: needs a flattened batch of shape [1, N], "
                 f"input_ids has shape {tuple(input_ids.shape)}"
             )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+        _check_offsets_increase(cu_seqlens)
+    check_ignore_index(ignore_index, input_ids.dtype)
+    _check_fits("spec.ignore_token_ids", spec.ignore_token_ids, input_ids.dtype)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(
@@ -116,6 +149,10 @@ def mask_labels(
     give identical labels. With `return_stats=True` the result is `(labels, {"trained": [B],
     "role_tokens": [B, n_roles + 1]})`, the last column counting real tokens in no role
     (header tokens count with the role they open).
+
+    `cu_seqlens` are offsets that never decrease (`[0, 3, 7]`). They are checked for CPU
+    tensors in eager calls; on CUDA, or under `torch.compile`, checking would stop for the
+    device, so decreasing offsets give undefined labels there.
 
     Example::
 

@@ -41,6 +41,18 @@ def _as_row(value: Any, index: int, key: str | None = None) -> Row:
         except (TypeError, OverflowError):
             pass
     where = f"examples[{index}]" if key is None else f"examples[{index}][{key!r}]"
+    if isinstance(value, Mapping):
+        field = "" if key is None else f"[{key!r}]"
+        raise TypeError(
+            f"{where}: expected a sequence of token ids, got a {type(value).__name__} with keys "
+            f"{list(value)} (a tokenizer's output?); pass the tokenizer's output itself as the "
+            f"example, or its ['input_ids'] as examples[{index}]{field}"
+        )
+    if isinstance(value, str | bytes):
+        raise TypeError(
+            f"{where}: expected a sequence of token ids, got {type(value).__name__} "
+            f"{value[:40]!r}; tokenize the text first (e.g. tokenizer(text))"
+        )
     try:
         row = np.asarray(value)
     except (TypeError, ValueError) as error:

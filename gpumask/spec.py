@@ -189,6 +189,26 @@ def _alternatives(value: Any, what: str, tokenizer: Any) -> list[tuple[int, ...]
     return out
 
 
+def _ignore_ids(value: Any) -> Ids:
+    """`ignore_token_ids` as sorted distinct ints; each must be an int (not a bool or a float)
+    that fits int64, the widest ids' dtype."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise MaskSpecError(
+            f"ignore_token_ids: expected a list of int token ids, got {type(value).__name__} "
+            f"{value!r}"
+        )
+    ids = set()
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise MaskSpecError(
+                f"ignore_token_ids: expected int token ids, got {type(item).__name__} {item!r}"
+            )
+        if not -(2**63) <= int(item) < 2**63:
+            raise MaskSpecError(f"ignore_token_ids: id {int(item)} does not fit int64")
+        ids.add(int(item))
+    return tuple(sorted(ids))
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class MaskSpec:
     """Which markers start and end turns, and which tokens train. Immutable; hashable.
@@ -291,7 +311,7 @@ class MaskSpec:
             train_roles=train_roles,
             train_on_end_of_turn=bool(self.train_on_end_of_turn),
             last_turn_only=bool(self.last_turn_only),
-            ignore_token_ids=tuple(sorted({int(i) for i in self.ignore_token_ids})),
+            ignore_token_ids=_ignore_ids(self.ignore_token_ids),
             ignore_token_prob=float(prob),
             vocab_size=vocab_size,
         )

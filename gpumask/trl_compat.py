@@ -50,6 +50,7 @@ import torch
 
 from gpumask import padding
 from gpumask.collators import mask_batch
+from gpumask.masking import check_ignore_index
 from gpumask.reports import template_reason, warn_untrained
 from gpumask.spec import MaskSpec, is_id_list
 
@@ -137,8 +138,7 @@ class DataCollatorForCompletionOnlyLM:
             )
         if return_tensors != "pt":
             raise ValueError(f"return_tensors: only 'pt' is supported, got {return_tensors!r}")
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+        check_ignore_index(ignore_index)
         padding_side = getattr(tokenizer, "padding_side", None) or "right"
         padding.check_padding_options(padding_side, pad_to_multiple_of)
 

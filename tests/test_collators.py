@@ -285,11 +285,30 @@ def test_bad_arguments_raise_clearly(kwargs, error, message):
         ),
         ([[], []], ValueError, "examples: every row is empty"),
         ([[True, False]], TypeError, "examples[0]: expected integer token ids, got dtype bool"),
+        (
+            [{"input_ids": {"input_ids": ROW, "attention_mask": [1] * 14}}],
+            TypeError,
+            "examples[0]['input_ids']: expected a sequence of token ids, got a dict with keys "
+            "['input_ids', 'attention_mask'] (a tokenizer's output?); pass the tokenizer's "
+            "output itself as the example, or its ['input_ids'] as examples[0]['input_ids']",
+        ),
+        (
+            [{"input_ids": "Hello there"}],
+            TypeError,
+            "examples[0]['input_ids']: expected a sequence of token ids, got str 'Hello there'; "
+            "tokenize the text first",
+        ),
     ],
 )
 def test_bad_examples_raise_clearly(examples, error, message):
     with pytest.raises(error, match=re.escape(message)):
         CompletionCollator(None, SPEC)(examples)
+
+
+def test_a_batch_encoding_inside_a_dict_says_what_to_pass():
+    tok = AutoTokenizer.from_pretrained(f"{TOKENIZERS}/qwen2_5")
+    with pytest.raises(TypeError, match=re.escape("got a BatchEncoding with keys ['input_ids'")):
+        CompletionCollator(tok, SPEC)([{"input_ids": tok("Hello")}])
 
 
 def test_spec_defaults_to_the_tokenizers_chat_template():
@@ -300,3 +319,66 @@ def test_spec_defaults_to_the_tokenizers_chat_template():
     assert collate.spec == MaskSpec.from_tokenizer(tok)
     labels = collate([row])["labels"][0]
     assert tok.decode(labels[labels != X]) == "Hello.<|im_end|>"
+
+
+# --- reproducible draws of ignore_token_prob ------------------------------------------------
+
+NOISY = SPEC.replace(ignore_token_ids=[30, 31], ignore_token_prob=0.5)
+MANY = [ROW * 8 for _ in range(8)]  # 32 ignorable tokens a row, 256 a batch
+
+
+def drops(batch) -> list[int]:
+    """Where a trained-looking reply token (30 or 31) lost its label."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    return ((labels == X) & ((ids == 30) | (ids == 31))).flatten().nonzero().flatten().tolist()
+
+
+def test_seed_gives_the_same_draws_every_run_and_others_for_another_seed():
+    first = drops(CompletionCollator(None, NOISY, seed=7)(MANY))
+    assert first == drops(CompletionCollator(None, NOISY, seed=7)(MANY))
+    assert first != drops(CompletionCollator(None, NOISY, seed=8)(MANY))
+    assert 0 < len(first) < 256
+
+
+def test_generator_gives_the_draws_of_mask_labels_with_that_generator():
+    batch = CompletionCollator(None, NOISY, generator=torch.Generator().manual_seed(3))(MANY)
+    expected = mask_labels(
+        batch["input_ids"], NOISY, attention_mask=batch["attention_mask"],
+        generator=torch.Generator().manual_seed(3),
+    )  # fmt: skip
+    assert torch.equal(batch["labels"], expected)
+
+
+def _loader_drops(collate, workers: int) -> list[list[int]]:
+    loader = torch.utils.data.DataLoader(
+        [MANY[0]] * 8, batch_size=2, num_workers=workers, collate_fn=collate
+    )
+    return [drops(batch) for batch in loader]
+
+
+def test_dataloader_workers_draw_distinct_streams_that_repeat_run_after_run():
+    collate = CompletionCollator(None, NOISY, seed=11)
+    run = _loader_drops(collate, workers=2)
+    assert run == _loader_drops(CompletionCollator(None, NOISY, seed=11), workers=2)
+    # batches 0 and 1 go to workers 0 and 1: each its own stream, not a copy of one
+    assert run[0] != run[1]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"seed": 1, "generator": torch.Generator()}, ValueError, "seed: give either seed or"),
+        ({"seed": -1}, ValueError, "seed: expected an int >= 0 or None, got -1"),
+        ({"seed": "1"}, ValueError, "seed: expected an int >= 0 or None, got '1'"),
+        ({"generator": 3}, TypeError, "generator: expected a torch.Generator, got int"),
+        (
+            {"seed": 1, "mask_on": "step"},
+            ValueError,
+            "seed: with mask_on='step' the collator draws nothing; pass generator= to "
+            "gpumask.attach",
+        ),
+    ],
+)
+def test_bad_draw_arguments_raise_clearly(kwargs, error, message):
+    with pytest.raises(error, match=re.escape(message)):
+        CompletionCollator(None, NOISY, **kwargs)

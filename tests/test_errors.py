@@ -47,6 +47,30 @@ IDS, _ = parse("@user q E nl @assistant a E")
             dict(roles={"assistant": list(range(300))}),
             r"header of role 'assistant': marker of 300 tokens; at most 255",
         ),
+        (
+            dict(roles={"assistant": [1]}, ignore_token_ids=["a"]),
+            r"ignore_token_ids: expected int token ids, got str 'a'",
+        ),
+        (
+            dict(roles={"assistant": [1]}, ignore_token_ids=[1.5]),
+            r"ignore_token_ids: expected int token ids, got float 1.5",
+        ),
+        (
+            dict(roles={"assistant": [1]}, ignore_token_ids=[True]),
+            r"ignore_token_ids: expected int token ids, got bool True",
+        ),
+        (
+            dict(roles={"assistant": [1]}, ignore_token_ids=[2**70]),
+            r"ignore_token_ids: id 1180591620717411303424 does not fit int64",
+        ),
+        (
+            dict(roles={"assistant": [1]}, ignore_token_ids=7),
+            r"ignore_token_ids: expected a list of int token ids, got int 7",
+        ),
+        (
+            dict(roles={"assistant": [1]}, ignore_token_ids="<pad>"),
+            r"ignore_token_ids: expected a list of int token ids, got str '<pad>'",
+        ),
     ],
 )
 def test_bad_spec_is_rejected_with_a_clear_message(kwargs, message):
@@ -123,8 +147,51 @@ def test_bad_spec_is_rejected_with_a_clear_message(kwargs, message):
             r"backend: expected one of \('auto', 'torch', 'triton'\), got 'cuda'",
         ),
         ((IDS[:, :0], spec()), {}, ValueError, r"input_ids: length 0"),
+        (
+            (IDS[:, :3], spec()),
+            dict(cu_seqlens=torch.tensor([0, 3, 1])),
+            ValueError,
+            r"cu_seqlens: offsets must not decrease, got \[0, 3, 1\] \(3 then 1 at index 2\)",
+        ),
+        (
+            (IDS[:, :3], spec()),
+            dict(cu_seqlens=torch.tensor([0, 1, 0, 3], dtype=torch.int32)),
+            ValueError,
+            r"cu_seqlens: offsets must not decrease, got \[0, 1, 0, 3\]",
+        ),
+        (
+            (IDS.int(), spec()),
+            dict(ignore_index=2**40),
+            ValueError,
+            r"ignore_index: 1099511627776 does not fit input_ids' dtype torch.int32",
+        ),
+        (
+            (IDS, spec()),
+            dict(ignore_index=-(2**63) - 1),
+            ValueError,
+            r"ignore_index: -9223372036854775809 does not fit input_ids' dtype torch.int64",
+        ),
+        (
+            (IDS.int(), spec(ignore_token_ids=[2**40])),
+            {},
+            ValueError,
+            r"spec.ignore_token_ids: 1099511627776 does not fit input_ids' dtype torch.int32",
+        ),
     ],
 )
 def test_bad_call_is_rejected_with_a_clear_message(args, kwargs, error, message):
     with pytest.raises(error, match=message):
         mask_labels(*args, **kwargs)
+
+
+def test_an_ignore_id_beyond_int32_never_drops_a_token_of_int64_ids():
+    ids, expected = parse("@assistant *a *E")
+    assert mask_labels(ids, spec(ignore_token_ids=[2**40])).tolist() == [expected]
+
+
+def test_decreasing_cu_seqlens_are_not_checked_under_torch_compile():
+    ids, _ = parse("@assistant a E")
+    compiled = torch.compile(
+        lambda x, cu: mask_labels(x, spec(), cu_seqlens=cu), fullgraph=True, backend="eager"
+    )
+    assert compiled(ids, torch.tensor([0, 4, 2])).shape == ids.shape  # no sync, no error
