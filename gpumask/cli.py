@@ -131,7 +131,24 @@ def _spec_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _load_tokenizer(name: str, chat_template: Path | None) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    folder = Path(name).expanduser()
+    hint = (
+        "pass a tokenizer folder (with tokenizer_config.json) or the name of a model in the "
+        "local Hugging Face cache"
+    )
+    if folder.is_file():
+        raise FileNotFoundError(f"--tokenizer {name}: a file, not a folder; {hint}")
+    if not folder.is_dir() and (folder.is_absolute() or name.startswith((".", "~"))):
+        raise FileNotFoundError(f"--tokenizer {name}: no such folder; {hint}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        if folder.is_dir():
+            raise
+        raise FileNotFoundError(
+            f"--tokenizer {name}: no such folder, and no model of that name in the local "
+            f"Hugging Face cache ({str(error).splitlines()[0]}); {hint}"
+        ) from error
     tokenizer.clean_up_tokenization_spaces = False  # show the text exactly as the tokens are
     if chat_template is not None:
         tokenizer.chat_template = chat_template.read_text(encoding="utf-8")

@@ -61,8 +61,7 @@ def _check_fits(name: str, values, dtype: torch.dtype) -> None:
     bad = [v for v in values if not info.min <= v <= info.max]
     if bad:
         raise ValueError(
-            f"{name}: {bad[0]} does not fit input_ids' dtype {dtype} "
-            f"([{info.min}, {info.max}])"
+            f"{name}: {bad[0]} does not fit input_ids' dtype {dtype} ([{info.min}, {info.max}])"
         )
 
 

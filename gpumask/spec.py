@@ -225,7 +225,8 @@ class MaskSpec:
         ignore_token_ids: ids that never train (each dropped with `ignore_token_prob`).
         ignore_token_prob: probability in [0, 1] of dropping each such token.
         vocab_size: the vocabulary size (ids must be below it); default `len(tokenizer)`.
-        tokenizer: encodes `str` markers and decodes markers in `repr` (not part of equality).
+        tokenizer: encodes `str` markers and decodes them for `repr` (`marker_text`); not
+            part of equality, and not pickled (a pickled spec keeps `marker_text`).
 
     After construction every field holds its normalised form: `roles` a :class:`Roles` of id
     tuples, `end_of_turn` a tuple of id tuples, `masked_spans` a tuple of (opens, closes),
@@ -254,6 +255,7 @@ class MaskSpec:
     vocab_size: int | None = None
     tokenizer: Any = dataclasses.field(default=None, compare=False)
     markers: tuple[Marker, ...] = dataclasses.field(init=False, compare=False)
+    marker_text: Mapping[Ids, str] = dataclasses.field(init=False, compare=False)
     _cache: dict = dataclasses.field(init=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -318,6 +320,18 @@ class MaskSpec:
         for name, value in normalised.items():
             object.__setattr__(self, name, value)
         object.__setattr__(self, "markers", self._collect_markers())
+        decode = None if tokenizer is None else tokenizer.decode
+        texts = {} if decode is None else {m.ids: decode(list(m.ids)) for m in self.markers}
+        object.__setattr__(self, "marker_text", texts)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """A pickle keeps what masking needs and the markers' text (for `repr`), not the
+        tokenizer (megabytes, for each DataLoader worker) nor the tables built on devices."""
+        dropped = ("tokenizer", "_cache")
+        return {k: v for k, v in self.__dict__.items() if k not in dropped}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, tokenizer=None, _cache={})
 
     @property
     def role_names(self) -> tuple[str, ...]:
@@ -402,10 +416,9 @@ class MaskSpec:
         return tuple(sorted(markers, key=lambda m: -len(m.ids)))
 
     def __repr__(self) -> str:
-        decode = None if self.tokenizer is None else self.tokenizer.decode
-
         def show(ids: Ids) -> str:
-            return str(list(ids)) if decode is None else f"{decode(list(ids))!r}={list(ids)}"
+            text = self.marker_text.get(ids)
+            return str(list(ids)) if text is None else f"{text!r}={list(ids)}"
 
         def alts(items: tuple[Ids, ...]) -> str:
             return " | ".join(show(ids) for ids in items)

@@ -128,6 +128,19 @@ def test_show_without_chat_template_asks_for_one(tmp_path, capsys):
     )
 
 
+def test_missing_tokenizer_folder_is_named_with_what_to_pass(tmp_path, capsys):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("{}\n")
+    missing = str(tmp_path / "nope")
+    assert main(["show", "--tokenizer", missing, str(data)]) == 2
+    assert capsys.readouterr().err == (
+        f"gpumask show: --tokenizer {missing}: no such folder; pass a tokenizer folder "
+        "(with tokenizer_config.json) or the name of a model in the local Hugging Face cache\n"
+    )
+    assert main(["check", "--tokenizer", str(data)]) == 2
+    assert f"--tokenizer {data}: a file, not a folder; pass" in capsys.readouterr().err
+
+
 def test_missing_file_is_reported(tmp_path, capsys):
     assert main(["show", "--tokenizer", QWEN, str(tmp_path / "nope.jsonl")]) == 2
     assert "No such file or directory" in capsys.readouterr().err

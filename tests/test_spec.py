@@ -1,6 +1,7 @@
 """MaskSpec: markers from strings in context, identity, backend tables, repr."""
 
 import os
+import pickle
 
 import pytest
 import torch
@@ -79,3 +80,26 @@ def test_backend_tables_are_cached_per_device():
 def test_markers_are_sorted_longest_first():
     spec = MaskSpec(roles={"assistant": [1], "user": [1, 2, 3]}, end_of_turn=[4, 5])
     assert [len(m.ids) for m in spec.markers] == [3, 2, 1]
+
+
+def test_pickled_spec_leaves_the_tokenizer_and_gives_the_same_labels_and_repr(qwen):
+    spec = MaskSpec(
+        roles={"user": "<|im_start|>user\n", "assistant": "<|im_start|>assistant\n"},
+        end_of_turn="<|im_end|>",
+        masked_spans=[("<tool_response>", "</tool_response>")],
+        tokenizer=qwen,
+    )
+    text = (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello\n<tool_response>\nx\n"
+        "</tool_response><|im_end|>\n"
+    )
+    ids = torch.tensor([qwen.encode(text)])
+    labels = mask_labels(ids, spec)  # builds tables, which a pickle leaves too
+    data = pickle.dumps(spec)
+    assert len(data) < 100_000
+    copy = pickle.loads(data)
+    assert copy.tokenizer is None and copy == spec and hash(copy) == hash(spec)
+    assert repr(copy) == repr(spec)
+    assert "'<|im_end|>'=[151645]" in repr(copy)
+    assert torch.equal(mask_labels(ids, copy), labels)
+    assert qwen.decode(labels[labels != -100]) == "Hello\n<|im_end|>"
