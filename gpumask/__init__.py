@@ -8,7 +8,7 @@
 
 import importlib
 
-from gpumask.masking import mask_labels
+from gpumask.masking import mask_labels, prepare
 from gpumask.spec import MaskSpec, MaskSpecError
 
 # Imported on first use, so that `import gpumask` does not pull in transformers.
@@ -20,7 +20,7 @@ _LAZY = {
     "TemplateWarning": "gpumask.chat_templates",
 }
 
-__all__ = ["MaskSpec", "MaskSpecError", "mask_labels", *_LAZY]
+__all__ = ["MaskSpec", "MaskSpecError", "mask_labels", "prepare", *_LAZY]
 __version__ = "0.1.0"
 
 

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpumask.masking import check_ignore_index, mask_labels
+from gpumask.masking import check_ignore_index, mask_labels, prepare
 from gpumask.padding import (
     Row,
     check_padding_options,
@@ -211,6 +211,8 @@ class CompletionCollator:
         self.seed = seed
         self.generator = generator
         self._seeded_for: int | None = None  # the worker id `generator` was seeded for
+        if mask_on == "batch":
+            prepare(spec, "cpu", "torch")
 
     def __repr__(self) -> str:
         return (

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from gpumask.masking import mask_labels
+from gpumask.masking import mask_labels, prepare
 from gpumask.padding import not_a_target_at_starts, sequence_starts
 from gpumask.spec import MaskSpec
 
@@ -75,6 +75,8 @@ class MaskingHook:
         # Where the labels go: the model's (first) device; an offloaded "meta" weight says nothing.
         on_device = parameter is not None and parameter.device.type != "meta"
         self.device = parameter.device if on_device else None
+        if self.device is not None:  # tables built here, not inside a compiled step
+            prepare(spec, self.device, mask_kwargs.get("backend", "auto"))
         self._model = model
         self._handle = model.register_forward_pre_hook(self, with_kwargs=True)
 

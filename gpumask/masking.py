@@ -18,6 +18,7 @@ import torch
 from gpumask.padding import Batch
 from gpumask.spec import MaskSpec
 from gpumask.torch_backend import mask_labels_torch
+from gpumask.torch_backend import tables as torch_tables
 
 BACKENDS = ("auto", "torch", "triton")
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
@@ -128,6 +129,37 @@ def validate_inputs(
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
 
+def _chosen_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_available() else "torch"
+    return backend
+
+
+def prepare(spec: MaskSpec, device: torch.device | str = "cpu", backend: str = "auto") -> None:
+    """Build the tables `mask_labels` reads for `spec` on `device`, now, outside any compiled
+    region. The first call on a device builds them anyway; under `torch.compile` that build
+    would be traced into the graph and the cache it fills would cost one recompile, so
+    :func:`gpumask.attach` and the collators call this for you. Call it yourself before
+    compiling a step that calls `mask_labels` directly (or make one eager call first).
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> prepare(spec, "cpu")
+        >>> step = torch.compile(lambda ids: mask_labels(ids, spec), dynamic=True)
+    """
+    if not isinstance(spec, MaskSpec):
+        raise TypeError(f"spec: expected a gpumask.MaskSpec, got {type(spec).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    device = torch.device(device)
+    if _chosen_backend(backend, device) == "triton":
+        from gpumask.triton_backend import tables as triton_tables
+
+        triton_tables(spec, device)
+    torch_tables(spec, device)  # the Triton backend falls back to the torch backend
+
+
 def mask_labels(
     input_ids: torch.Tensor,
     spec: MaskSpec,
@@ -164,9 +196,7 @@ def mask_labels(
     )
     uniforms = spec.draws(input_ids, generator)
     batch = Batch.of(input_ids, attention_mask, position_ids, cu_seqlens, uniforms)
-    if backend == "auto":
-        backend = "triton" if input_ids.is_cuda and _triton_available() else "torch"
-    if backend == "triton":
+    if _chosen_backend(backend, input_ids.device) == "triton":
         from gpumask.triton_backend import mask_labels_triton as run
     else:
         run = mask_labels_torch

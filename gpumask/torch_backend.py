@@ -21,9 +21,10 @@ of the scans.
 Paths. :func:`mask_labels_torch` picks one: :func:`mask_every_token` for GPU tensors and
 under `torch.compile`; for eager calls on CPU tensors, where data-dependent shapes cost
 nothing, :func:`mask_on_marker_runs`, which runs these steps on the marker tokens and one token
-per run of other tokens only and spreads the result back. On the CPU, large batches are masked
+per run of other tokens only and spreads the result back. Eager CPU calls mask large batches
 in blocks of whole rows (about `CPU_BLOCK_TOKENS` each), so that every intermediate stays in
-reused memory instead of fresh pages. All paths give the same labels.
+reused memory instead of fresh pages; compiled calls do not (the block count would be a guard
+on the batch size). All paths give the same labels.
 
 Tables. :func:`tables` builds what the matching reads from `spec.markers`, once per spec and
 device (cached on the spec).
@@ -259,10 +260,9 @@ def mask_labels_torch(batch: Batch, spec: MaskSpec, ignore_index: int, with_stat
         >>> mask_labels_torch(batch, spec, -100, False)[0].tolist()
         [[-100, -100, 6, 2, -100, -100, -100, -100]]
     """
-    if batch.input_ids.device.type != "cpu":
-        return mask_every_token(batch, spec, ignore_index, with_stats)
-    path = mask_every_token if torch.compiler.is_compiling() else mask_on_marker_runs
-    return in_row_blocks(path, batch, spec, ignore_index, with_stats)
+    if batch.input_ids.device.type != "cpu" or torch.compiler.is_compiling():
+        return mask_every_token(batch, spec, ignore_index, with_stats)  # no guard on B
+    return in_row_blocks(mask_on_marker_runs, batch, spec, ignore_index, with_stats)
 
 
 def in_row_blocks(path, batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool):

@@ -104,3 +104,48 @@ def test_eager_cpu_calls_skip_plain_runs_and_compiled_calls_do_not():
         )
         assert compiled(ids, mask).tolist() == expected
         assert skipping.call_count == 1
+
+
+def _compile_ten_shapes(chat, step) -> tuple[int, list]:
+    """(graphs, graph breaks) of `step` compiled with dynamic=True over 10 batch shapes."""
+    from torch._dynamo.testing import CompileCounter
+    from torch._dynamo.utils import counters
+
+    row, expected = parse("@user q E nl @assistant *a <tr> x </tr> *c *E nl @tool t E")
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = CompileCounter()
+    compiled = torch.compile(step, backend=graphs, dynamic=True)
+    for i in range(10):
+        size, length = 1 + i % 4, 20 + 7 * i
+        ids = row.repeat(size, 3)[:, :length].contiguous()
+        labels = compiled(ids, torch.ones_like(ids))
+        assert labels[0].tolist() == (expected * 3)[:length]
+    return graphs.frame_count, list(counters["graph_break"])
+
+
+def test_dynamic_compile_over_ten_shapes_after_prepare_makes_at_most_two_graphs():
+    import gpumask
+
+    chat = spec(masked_spans=[([8], [9])])
+    gpumask.prepare(chat, "cpu")
+    frames, breaks = _compile_ten_shapes(chat, lambda x, m: mask_labels(x, chat, attention_mask=m))
+    assert breaks == [] and frames <= 2  # a batch of 1 is a shape of its own to dynamo
+
+
+def test_attached_model_compiles_over_ten_shapes_in_at_most_two_graphs():
+    import gpumask
+
+    class Echo(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None, labels=None):
+            return labels
+
+    chat = spec(masked_spans=[([8], [9])])
+    model = Echo()
+    gpumask.attach(model, chat)
+    frames, breaks = _compile_ten_shapes(chat, lambda x, m: model(input_ids=x, attention_mask=m))
+    assert breaks == [] and frames <= 2
