@@ -71,6 +71,19 @@ IDS, _ = parse("@user q E nl @assistant a E")
             dict(roles={"assistant": [1]}, ignore_token_ids="<pad>"),
             r"ignore_token_ids: expected a list of int token ids, got str '<pad>'",
         ),
+        (
+            dict(roles={"assistant": [1]}, tool_call=[7], tool_call_turns="drop"),
+            r"tool_call_turns: expected one of \('train', 'mask', 'only'\), got 'drop'",
+        ),
+        (
+            dict(roles={"assistant": [1]}, tool_call_turns="only"),
+            r"tool_call_turns='only': needs tool_call=",
+        ),
+        (dict(roles={"assistant": [1]}, tool_call=[]), r"tool_call: empty marker \[\]"),
+        (
+            dict(roles={"assistant": [1]}, tool_call=[1]),
+            r"tool_call: marker \[1\] is also the header of role 'assistant'",
+        ),
     ],
 )
 def test_bad_spec_is_rejected_with_a_clear_message(kwargs, message):
