@@ -54,6 +54,9 @@ from gpumask.spec import (
 
 # Largest window table (entries) the matching uses; beyond it, per-offset bitmask tables.
 MAX_WINDOW_TABLE = 1 << 16
+# Marker ids below this map to their class through a table over the ids (at most 4 MiB);
+# larger ones through a binary search of the marker ids.
+DIRECT_CLASS_IDS = 1 << 20
 # On the CPU, large batches are masked in blocks of whole rows of about this many tokens.
 CPU_BLOCK_TOKENS = 1 << 20
 # The covering occurrence's length and kind + 1: the word's bits below its arg.
@@ -71,32 +74,36 @@ class Tables:
     set bit of a word is the longest marker that matches there. A marker's word is
     :attr:`gpumask.spec.Marker.word` (length, kind + 1, arg).
 
-    - `match_words` `[K, V + 1]` (int32 when the markers fit in 31 bits, else int64): bit m
-      of `match_words[k, v]` is set when marker m accepts token v at offset k (its k-th id
-      is v, or it is shorter than k + 1). Column V stands for every id that no marker uses,
-      and for padding.
+    Every token id maps to a small *class* first (:func:`token_classes`): 1 + its rank among
+    the U distinct ids that markers use, 0 for every other id and for padding. Every other
+    table is indexed by class, so memory depends on the markers, not on their ids or on the
+    vocabulary.
+
+    - `token_class` `[V + 2]` int32, shifted by one: `token_class[v + 1]` is the class of id
+      v (index 0 stands for negative ids, V + 1 for ids >= V, V = 1 + the largest marker
+      id), so ids need one clamp before an `index_select`. None when the largest marker id
+      is `DIRECT_CLASS_IDS` or more; then `marker_ids` `[U]` (sorted, int64) is searched.
+    - `match_words` `[K, U + 1]` (int32 when the markers fit in 31 bits, else int64): bit m
+      of `match_words[k, c]` is set when marker m accepts a token of class c at offset k
+      (its k-th id has class c, or it is shorter than k + 1).
     - `key_words` `[67]` int32, indexed by `key = lowest set bit % 67` (2**m % 67 is
       distinct for every m < 64): the word of marker m, 0 for keys that name no marker
       (key 0: nothing matches).
-    - `token_class` `[V + 1]` int32: 1 + the rank of each id among the ids markers use, 0 for
-      the others; `window_words` `[n_classes ** K]` int32 (None when larger than
-      `MAX_WINDOW_TABLE`): the word of the longest marker that starts a window of K token
-      classes, indexed by `sum(class[p + k] * n_classes ** (K - 1 - k))`.
-    - `marker_token` `[V + 2]` bool, shifted by one: `marker_token[v + 1]` is whether some
-      marker uses id v (index 0 stands for negative ids, V + 1 for ids >= V), so ids need
-      one clamp and no fix-up before an `index_select`.
+    - `window_words` `[n_classes ** K]` int32 (None when larger than `MAX_WINDOW_TABLE`): the
+      word of the longest marker that starts a window of K token classes, indexed by
+      `sum(class[p + k] * n_classes ** (K - 1 - k))`.
     - `can_overlap`: whether two occurrences can overlap at all (a marker starting inside
       another's span); when not, every match is kept.
     - `ignore_ids` `[I]`: the ids of `ignore_token_ids`; the other fields are the spec's
       options as the steps read them (`initial_role` is a role code).
     """
 
+    token_class: torch.Tensor | None
+    marker_ids: torch.Tensor
     match_words: torch.Tensor
     key_words: torch.Tensor
-    token_class: torch.Tensor
     n_classes: int
     window_words: torch.Tensor | None
-    marker_token: torch.Tensor
     can_overlap: bool
     ignore_ids: torch.Tensor
     max_len: int
@@ -115,46 +122,56 @@ def _can_overlap(markers: tuple[Marker, ...]) -> bool:
     for a in markers:
         for b in markers:
             for offset in range(1, len(a.ids)):
+                if a.ids[offset] != b.ids[0]:
+                    continue
                 overlap = min(len(a.ids) - offset, len(b.ids))
                 if a.ids[offset : offset + overlap] == b.ids[:overlap]:
                     return True
     return False
 
 
+def _match_words(markers: tuple[Marker, ...], rank: dict[int, int], max_len: int) -> torch.Tensor:
+    """`match_words` `[K, U + 1]`: per offset, the markers that accept each token class."""
+    short = [sum(1 << m for m, marker in enumerate(markers) if len(marker.ids) <= k)
+             for k in range(max_len)]  # fmt: skip
+    words = torch.tensor(short, dtype=torch.int64)[:, None].repeat(1, len(rank) + 1)
+    accepts: dict[tuple[int, int], int] = {}
+    for bit, marker in enumerate(markers):
+        for k, i in enumerate(marker.ids):
+            accepts[k, rank[i]] = accepts.get((k, rank[i]), 0) | 1 << bit
+    if accepts:
+        at = torch.tensor(list(accepts), dtype=torch.int64)
+        words[at[:, 0], at[:, 1]] |= torch.tensor(list(accepts.values()), dtype=torch.int64)
+    return words.to(torch.int32) if len(markers) <= 31 else words
+
+
 def _build_tables(spec: MaskSpec, device: torch.device) -> Tables:
     markers = spec.markers
     max_len = spec.max_marker_len
-    vocab = max(max(m.ids) for m in markers) + 1
-    match_words = torch.zeros(max_len, vocab + 1, dtype=torch.int64)
-    for bit, marker in enumerate(markers):
-        for k in range(max_len):
-            if k < len(marker.ids):
-                match_words[k, marker.ids[k]] |= 1 << bit
-            else:
-                match_words[k, :] |= 1 << bit
-    if len(markers) <= 31:
-        match_words = match_words.to(torch.int32)
+    marker_tokens = sorted({i for m in markers for i in m.ids})
+    rank = {i: r + 1 for r, i in enumerate(marker_tokens)}  # the class of each marker id
+    n_classes = len(marker_tokens) + 1
     key_words = torch.zeros(67, dtype=torch.int32)
     for bit, marker in enumerate(markers):
         key_words[(1 << bit) % 67] = marker.word
-    marker_tokens = sorted({i for m in markers for i in m.ids})
-    token_class = torch.zeros(vocab + 1, dtype=torch.int32)
-    token_class[marker_tokens] = torch.arange(1, len(marker_tokens) + 1, dtype=torch.int32)
-    n_classes = len(marker_tokens) + 1
+    token_class = None
+    if marker_tokens[-1] < DIRECT_CLASS_IDS:
+        token_class = torch.zeros(marker_tokens[-1] + 3, dtype=torch.int32)
+        token_class[torch.tensor(marker_tokens) + 1] = torch.arange(1, n_classes, dtype=torch.int32)
+        token_class = token_class.to(device)
     window_words = None
     if n_classes**max_len <= MAX_WINDOW_TABLE:
         window_words = torch.zeros([n_classes] * max_len, dtype=torch.int32)
         for marker in reversed(markers):  # shortest first: the longest match is written last
-            window_words[tuple(marker_tokens.index(i) + 1 for i in marker.ids)] = marker.word
+            window_words[tuple(rank[i] for i in marker.ids)] = marker.word
         window_words = window_words.flatten().to(device)
-    no = torch.zeros(1, dtype=torch.bool)
     return Tables(
-        match_words=match_words.to(device),
+        token_class=token_class,
+        marker_ids=torch.tensor(marker_tokens, dtype=torch.int64).to(device),
+        match_words=_match_words(markers, rank, max_len).to(device),
         key_words=key_words.to(device),
-        token_class=token_class.to(device),
         n_classes=n_classes,
         window_words=window_words,
-        marker_token=torch.cat([no, token_class[:vocab] != 0, no]).to(device),
         can_overlap=_can_overlap(markers),
         ignore_ids=torch.tensor(spec.ignore_token_ids, dtype=torch.int64).to(device),
         max_len=max_len,
@@ -179,6 +196,28 @@ def tables(spec: MaskSpec, device: torch.device | str = "cpu") -> Tables:
         (2, True)
     """
     return spec.cached("torch", _build_tables, device)
+
+
+def token_classes(ids: torch.Tensor, c: Tables) -> torch.Tensor:
+    """The class of each id (int32, same shape): 1 + its rank among the marker ids, 0 for ids
+    no marker uses.
+
+    Example::
+
+        >>> c = tables(MaskSpec(roles={"assistant": [2**40, 7]}))
+        >>> token_classes(torch.tensor([[7, 2**40, 8, -1]]), c).tolist()
+        [[1, 2, 0, 0]]
+    """
+    if c.token_class is not None:
+        top = c.token_class.shape[0] - 1
+        shifted = (ids.reshape(-1) + 1).clamp_(0, top)
+        return c.token_class.index_select(0, shifted).view(ids.shape)
+    marker_ids = c.marker_ids
+    rank = torch.searchsorted(marker_ids, ids.long(), out_int32=True).clamp_(
+        max=len(marker_ids) - 1
+    )
+    found = marker_ids.index_select(0, rank.view(-1)).view(ids.shape) == ids
+    return torch.where(found, rank + 1, 0)
 
 
 def _shift_right(x: torch.Tensor, fill: int) -> torch.Tensor:
@@ -219,36 +258,39 @@ def _span_automaton(
     return f[..., 0]
 
 
-def _match_by_window(ids: torch.Tensor, c: Tables, starts) -> torch.Tensor:
+def _match_by_window(classes: torch.Tensor, c: Tables, starts) -> torch.Tensor:
     """Word of the longest marker at each start: the K token classes from p on, read as one
     number in base `n_classes`, index `window_words`. `starts` (None: only t = 0) marks
     where packed sequences start: read from an earlier window, the class there is 0 ("no
     marker uses it"), so no match runs across, as none runs past the end (padded with 0)."""
-    classes = torch.take(c.token_class, ids)
     code = classes
     if c.max_len > 1:
-        length = ids.shape[1]
+        length = classes.shape[1]
         later = classes if starts is None else classes.masked_fill(starts, 0)
         padded = F.pad(later, (0, c.max_len - 1), value=0)
         for k in range(1, c.max_len):
             code = code * c.n_classes + padded[:, k : k + length]
-    return torch.take(c.window_words, code.long())
+    return c.window_words.index_select(0, code.reshape(-1)).view(classes.shape)
 
 
-def _match_by_bits(ids: torch.Tensor, c: Tables, starts) -> torch.Tensor:
+def _match_by_bits(classes: torch.Tensor, c: Tables, starts) -> torch.Tensor:
     """Word of the longest marker at each start, for specs whose window table would be too
-    large: AND the per-offset bitmasks, isolate the lowest bit (the longest marker). Ids at
-    packed sequence starts (`starts`) and past the end read as `vocab` from an earlier
-    window: only markers shorter than the offset accept it."""
-    hits = torch.take(c.match_words[0], ids)
+    large: AND the per-offset bitmasks, isolate the lowest bit (the longest marker). Classes
+    at packed sequence starts (`starts`) and past the end read as 0 from an earlier window:
+    only markers shorter than the offset accept it."""
+    shape = classes.shape
+
+    def accepted(k: int, index: torch.Tensor) -> torch.Tensor:
+        return c.match_words[k].index_select(0, index.reshape(-1)).view(shape)
+
+    hits = accepted(0, classes)
     if c.max_len > 1:
-        length = ids.shape[1]
-        vocab = c.match_words.shape[1] - 1
-        later = ids if starts is None else ids.masked_fill(starts, vocab)
-        padded = F.pad(later, (0, c.max_len - 1), value=vocab)
+        length = shape[1]
+        later = classes if starts is None else classes.masked_fill(starts, 0)
+        padded = F.pad(later, (0, c.max_len - 1), value=0)
         for k in range(1, c.max_len):
-            hits &= torch.take(c.match_words[k], padded[:, k : k + length])
-    return torch.take(c.key_words, ((hits & -hits) % 67).long())
+            hits &= accepted(k, padded[:, k : k + length])
+    return c.key_words.index_select(0, ((hits & -hits) % 67).reshape(-1)).view(shape)
 
 
 def mask_labels_torch(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool) -> Result:
@@ -290,11 +332,10 @@ def mask_every_token(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats
     input_ids, real = batch.input_ids, batch.real
     c = tables(spec, input_ids.device)
     size = input_ids.shape[0]
-    vocab = c.match_words.shape[1] - 1
-    ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: no marker uses it
+    classes = token_classes(input_ids, c)
     if real is not None:
-        ids = ids.masked_fill(~real, vocab)
-    trained, role, dropped = _trained_and_role(ids, c, batch.seq_start)
+        classes.masked_fill_(~real, 0)
+    trained, role, dropped = _trained_and_role(classes, c, batch.seq_start)
     if real is not None:
         trained &= real
     stats = None
@@ -302,7 +343,7 @@ def mask_every_token(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats
         counted = torch.ones_like(role, dtype=torch.int64) if real is None else real.long()
         role_tokens = torch.zeros(size, c.n_roles + 1, dtype=torch.int64, device=role.device)
         role_tokens.scatter_add_(1, role.long(), counted)
-        stats = {"role_tokens": role_tokens, "dropped_turns": _count(dropped, size, ids.device)}
+        stats = {"role_tokens": role_tokens, "dropped_turns": _count(dropped, size, role.device)}
     return _labels(batch, c, trained, ignore_index, stats)
 
 
@@ -367,9 +408,9 @@ def _on_marker_runs(
     dependent, so this is for eager calls on the CPU.
     """
     batch, length = input_ids.shape
-    vocab = c.marker_token.shape[0] - 2
     flat = input_ids.reshape(-1)
-    marker = c.marker_token.index_select(0, (flat + 1).clamp_(0, vocab + 1)).view(batch, length)
+    classes = token_classes(flat, c)
+    marker = (classes != 0).view(batch, length)
     after = marker[:, :-1]  # a run starts after a marker token, at t = 0, ...
     if real is not None:  # ... where padding starts or ends (a run is all real or all padding)
         after = after | (real[:, 1:] ^ real[:, :-1])
@@ -379,7 +420,7 @@ def _on_marker_runs(
         keep |= seq_start
     keep = keep.view(-1)
     kept = keep.nonzero().squeeze(1)
-    ids = torch.where(marker.view(-1)[kept], flat[kept].long(), vocab)
+    ids = torch.where(marker.view(-1)[kept], classes[kept], 0)
     starts = kept % length == 0
     if seq_start is not None:
         starts |= seq_start.reshape(-1)[kept]
@@ -416,7 +457,7 @@ def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | No
     the calls of each turn are added up by its number (a scatter into `[B, T + 1]`), and
     every token reads its turn's count back (a gather).
 
-    `ids` are clamped to [-1, vocab], with `vocab` at tokens that are not real.
+    `ids` are token classes (:func:`token_classes`), 0 at tokens that are not real.
     """
     batch, length = ids.shape
     device = ids.device

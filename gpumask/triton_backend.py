@@ -41,7 +41,8 @@ the longest match.
 Random drops. `uniforms` are the float32 draws the front-end takes with `torch.rand`; the
 kernel compares them with the probability rounded to float32, exactly as torch compares a
 float32 tensor with a Python float, so drops match the torch backend bit for bit. Draws of
-another dtype (a changed default dtype) or more than 15 span kinds go to the torch backend.
+another dtype (a changed default dtype), more than 15 span kinds, or marker ids past int32
+(the kernels compare int32 ids) go to the torch backend.
 
 Bytes per token (ids of w bytes, w = 4 or 8; attention/packing masks 1 byte each when given,
 draws 4 bytes when used): one chunk per row: read w (+ masks, + draws), write w, the same
@@ -504,13 +505,15 @@ class Tables:
     """What the kernels read, for one spec on one device (built by :func:`tables`): the
     markers' ids `[M, K]` (int64, padded with -1) and words `[M]` (int32,
     :attr:`gpumask.spec.Marker.word`), longest first; which role codes train `[R + 1]`
-    (bool, code R is none); the ids of `ignore_token_ids` `[I]`; the initial role's code."""
+    (bool, code R is none); the ids of `ignore_token_ids` `[I]`; the initial role's code;
+    whether some marker id is past int32 (`wide_ids`: the kernels cannot compare it)."""
 
     ids: torch.Tensor
     words: torch.Tensor
     train_role: torch.Tensor
     ignore_ids: torch.Tensor
     initial_role: int
+    wide_ids: bool
 
 
 def _build_tables(spec: MaskSpec, device: torch.device) -> Tables:
@@ -523,6 +526,7 @@ def _build_tables(spec: MaskSpec, device: torch.device) -> Tables:
         train_role=torch.tensor(trains, dtype=torch.bool, device=device),
         ignore_ids=torch.tensor(spec.ignore_token_ids, dtype=torch.int64, device=device),
         initial_role=spec.initial_code,
+        wide_ids=max(max(m.ids) for m in spec.markers) >= 2**31,
     )
 
 
@@ -558,14 +562,15 @@ def mask_labels_triton(
         )
     size, length = input_ids.shape
     ignoring = bool(spec.ignore_token_ids) and spec.ignore_token_prob > 0.0
+    device = input_ids.device
+    c = tables(spec, device)
     if (
         size == 0
         or len(spec.masked_spans) > MAX_SPAN_KINDS
+        or c.wide_ids
         or (ignoring and uniforms is not None and uniforms.dtype != torch.float32)
     ):
         return mask_labels_torch(batch, spec, ignore_index, with_stats)
-    device = input_ids.device
-    c = tables(spec, device)
     ids = input_ids.contiguous()
     real = None if real is None else real.contiguous()
     seq_start = None if seq_start is None else seq_start.contiguous()

@@ -109,3 +109,41 @@ def test_pickled_spec_leaves_the_tokenizer_and_gives_the_same_labels_and_repr(qw
     assert "'<|im_end|>'=[151645]" in repr(copy)
     assert torch.equal(mask_labels(ids, copy), labels)
     assert qwen.decode(labels[labels != -100]) == "Hello\n<|im_end|>"
+
+
+def _table_bytes(compiled) -> int:
+    return sum(
+        value.numel() * value.element_size()
+        for value in vars(compiled).values()
+        if isinstance(value, torch.Tensor)
+    )
+
+
+@pytest.mark.parametrize("big", [2**40, 10**7, 2**31 + 5])
+def test_huge_marker_ids_cost_what_small_ones_cost(big):
+    from gpumask.padding import Batch
+    from gpumask.torch_backend import mask_every_token
+    from gpumask.triton_backend import mask_labels_triton
+
+    spec = MaskSpec(roles={"assistant": [big, 7], "user": [big, 8]}, end_of_turn=[[big + 1]])
+    small = MaskSpec(roles={"assistant": [40, 7], "user": [40, 8]}, end_of_turn=[[41]])
+    assert _table_bytes(tables(spec)) <= _table_bytes(tables(small)) < 2_000
+    ids = torch.tensor([[big, 8, 5, big + 1, big, 7, 6, 6, big + 1, 0, 7 - 2**62]])
+    expected = [[-100] * 6 + [6, 6, big + 1, -100, -100]]
+    assert mask_labels(ids, spec).tolist() == expected
+    assert mask_every_token(Batch(ids), spec, -100, False)[0].tolist() == expected
+    assert mask_labels_triton(Batch(ids), spec, -100, False)[0].tolist() == expected
+
+
+def test_a_long_marker_with_a_large_vocabulary_keeps_its_tables_small():
+    long_marker = list(range(151_000, 151_255))  # 255 tokens, ids near a 151k vocabulary
+    spec = MaskSpec(
+        roles={"assistant": [151_600, 77], "user": long_marker},
+        end_of_turn=[151_645],
+        vocab_size=151_665,
+    )
+    compiled = tables(spec)
+    assert compiled.match_words.shape == (255, 259)  # offsets x (distinct marker ids + 1)
+    assert _table_bytes(compiled) < 1_000_000
+    ids = torch.tensor([long_marker + [5, 151_645, 151_600, 77, 6, 151_645]])
+    assert mask_labels(ids, spec)[0].tolist() == [-100] * 259 + [6, 151_645]
