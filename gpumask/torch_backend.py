@@ -43,13 +43,13 @@ from gpumask.spec import (
     END_OF_TURN,
     HEADER,
     KIND_MASK,
+    KIND_SHIFT,
     LENGTH_MASK,
     SPAN_CLOSE,
     SPAN_OPEN,
     TOOL_CALL,
     Marker,
     MaskSpec,
-    tag,
 )
 
 # Largest window table (entries) the matching uses; beyond it, per-offset bitmask tables.
@@ -59,8 +59,9 @@ MAX_WINDOW_TABLE = 1 << 16
 DIRECT_CLASS_IDS = 1 << 20
 # On the CPU, large batches are masked in blocks of whole rows of about this many tokens.
 CPU_BLOCK_TOKENS = 1 << 20
-# The covering occurrence's length and kind + 1: the word's bits below its arg.
-COVER_BITS = ARG_SHIFT
+# Positions are int32 while `position << 6` fits (a role code or span index, < 2**6, packs
+# beside a position), i.e. rows of up to 2**25 tokens; int64 beyond.
+INT32_POSITIONS = 1 << 25
 
 # (labels, stats): stats as `mask_labels(..., return_stats=True)` gives them, or None.
 Result = tuple[torch.Tensor, dict[str, torch.Tensor] | None]
@@ -225,12 +226,12 @@ def _shift_right(x: torch.Tensor, fill: int) -> torch.Tensor:
     return F.pad(x[:, :-1], (1, 0), value=fill)
 
 
-def _last_code(event: torch.Tensor, scaled_positions: torch.Tensor, code, bits: int):
-    """The code of the last event at or before t (low `bits` bits; all ones before any).
-
-    `scaled_positions` is `position << bits`, plus the code already when `code` is None."""
-    packed = torch.where(event, scaled_positions if code is None else scaled_positions + code, -1)
-    return torch.cummax(packed, dim=1).values & ((1 << bits) - 1)
+def _last_code(event: torch.Tensor, positions: torch.Tensor, code, bits: int) -> torch.Tensor:
+    """The code (`bits` bits, a tensor or an int) of the last event at or before t, all ones
+    before any: one cummax over `position << bits | code` at the events, -1 elsewhere."""
+    packed = torch.where(event, (positions << bits) + code, -1)
+    del event, code  # freed before the scan when the caller passed them as temporaries
+    return torch.cummax(packed, dim=1).values.bitwise_and_((1 << bits) - 1)
 
 
 def _span_automaton(
@@ -332,10 +333,14 @@ def mask_every_token(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats
     input_ids, real = batch.input_ids, batch.real
     c = tables(spec, input_ids.device)
     size = input_ids.shape[0]
-    classes = token_classes(input_ids, c)
-    if real is not None:
-        classes.masked_fill_(~real, 0)
-    trained, role, dropped = _trained_and_role(classes, c, batch.seq_start)
+    # Classes, 0 at padding; passed on with no other reference, so they are freed once read.
+    trained, role, dropped = _trained_and_role(
+        token_classes(input_ids, c)
+        if real is None
+        else token_classes(input_ids, c).masked_fill_(~real, 0),
+        c,
+        batch.seq_start,
+    )
     if real is not None:
         trained &= real
     stats = None
@@ -461,70 +466,81 @@ def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | No
     """
     batch, length = ids.shape
     device = ids.device
-    index_type = torch.int32 if length < 2 ** (31 - COVER_BITS) else torch.int64
+    index_type = torch.int32 if length < INT32_POSITIONS else torch.int64
     positions = torch.arange(length, dtype=index_type, device=device)
     role_bits = max(c.n_roles.bit_length(), 1)
     train_bits = c.train_role_bits
 
     # 1. Matching: the word (length, kind, arg) of the longest marker matching at each start.
     match = _match_by_window if c.window_words is not None else _match_by_bits
-    word = match(ids, c, seq_start)
+    word = match(ids, c, seq_start).to(index_type)
+    del ids  # the caller's reference is all that is left: memory for the steps below
     packed = seq_start is not None
     if packed:
         seq_start = seq_start | (positions == 0)
     else:
         seq_start = (positions == 0).expand(batch, length)
-    word = word.to(index_type)
 
     # 2. Overlaps: keep a start at or past every earlier match's end.
     kept = word != 0
     if c.can_overlap:
         reach = _shift_right(torch.cummax(positions + (word & LENGTH_MASK), dim=1).values, 0)
         kept &= positions >= reach
+        del reach
         word = torch.where(kept, word, 0)
-    kind = word & KIND_MASK  # tag(kind); 0 where no occurrence is kept
-    arg = word >> ARG_SHIFT
+    # From here on intermediates are bool or uint8 where they can be, and freed when read.
+    kind = ((word & KIND_MASK) >> KIND_SHIFT).to(torch.uint8)  # kind + 1; 0: no occurrence
+    arg = (word >> ARG_SHIFT).to(torch.uint8)  # role or span index (< 2**6)
 
-    # 3. Coverage: the kept occurrence covering t (its start, length and kind, packed into
-    # one cummax), and the kind of the one that ended at t - 1.
-    cover = torch.cummax(
-        torch.where(kept, (positions << COVER_BITS) + (word & (1 << COVER_BITS) - 1), 0), dim=1
-    ).values
-    cover_tag = cover & KIND_MASK
-    cover_end = (cover >> COVER_BITS) + (cover & LENGTH_MASK)  # first position after it
+    # 3. Coverage: the kept occurrence covering t, as its end (the first position after it)
+    # and kind packed in one cummax (kept occurrences never overlap, so the last one has the
+    # largest end), and the kind of the one that ended at t - 1.
+    ends = torch.where(kept, (positions + (word & LENGTH_MASK)) << 3 | kind, 0)
+    del word, kept
+    cover = torch.cummax(ends, dim=1).values
+    del ends
+    cover_kind = (cover & 7).to(torch.uint8)
+    cover_end = cover >> 3
+    del cover
     covered = positions < cover_end
-    end_tag = _shift_right(torch.where(cover_end == positions + 1, cover_tag, 0), 0)
+    end_kind = _shift_right(cover_kind.masked_fill(cover_end != positions + 1, 0), 0)
+    del cover_end
+    in_header = covered & (cover_kind == HEADER + 1)
+    in_end_of_turn = None if c.train_on_end_of_turn else covered & (cover_kind == END_OF_TURN + 1)
+    del covered, cover_kind
 
-    header_start = kind == tag(HEADER)
-    eot_end = end_tag == tag(END_OF_TURN)
-    scaled = positions << role_bits
-    if packed:
-        no_header_code = torch.where(seq_start, scaled + c.initial_role, scaled + c.n_roles)
-    else:  # one sequence per row: the initial role at t = 0 only, a 1-D row of codes
-        first = torch.where(positions == 0, c.initial_role, c.n_roles).to(index_type)
-        no_header_code = scaled + first
-    role_code = torch.where(header_start, scaled + arg, no_header_code)
-    role = _last_code(seq_start | header_start | eot_end, role_code, None, role_bits)
-    if c.n_roles > 30:  # shift the python int `train_bits` in 64 bits
-        role, arg = role.long(), arg.long()
+    header_start = kind == HEADER + 1
+    eot_end = end_kind == END_OF_TURN + 1
+    # The initial role at sequence starts (only t = 0 of a row, unpacked: a 1-D row).
+    # Role codes (uint8): a header's role, the initial role at sequence starts, else none.
+    code = torch.full_like(header_start, c.n_roles, dtype=torch.uint8)
+    code.masked_fill_(seq_start if packed else positions == 0, c.initial_role)
+    code = torch.where(header_start, arg, code)
+    role = _last_code(seq_start | header_start | eot_end, positions, code, role_bits)
+    role = role.to(torch.uint8)
+    del code
+    # Shifting the python int `train_bits` by a code takes an int tensor that holds it.
+    shift_type = torch.int64 if c.n_roles > 30 else torch.int32
 
     if train_bits & (train_bits - 1) == 0:  # one trained role
         trained = role == train_bits.bit_length() - 1
     else:
-        trained = ((train_bits >> role) & 1).bool()
-    trained &= ~(covered & (cover_tag == tag(HEADER)))
+        trained = ((train_bits >> role.to(shift_type)) & 1).bool()
+    trained &= ~in_header
+    del in_header
     calls = None  # rule 5: tool-call starts inside a trained turn, outside every span
     if c.tool_call_turns != "train":
-        calls = trained & (kind == tag(TOOL_CALL))
+        calls = trained & (kind == TOOL_CALL + 1)
     if c.n_spans:
-        open_start = kind == tag(SPAN_OPEN)
-        close_end = end_tag == tag(SPAN_CLOSE)
+        open_start = kind == SPAN_OPEN + 1
+        close_end = end_kind == SPAN_CLOSE + 1
         if c.n_spans == 1:
             span_event = seq_start | header_start | eot_end | open_start | close_end
-            in_span = _last_code(span_event, positions << 1, open_start.to(index_type), 1) == 1
+            in_span = _last_code(span_event, positions, open_start, 1) == 1
+            del span_event
         else:
-            close_start = kind == tag(SPAN_CLOSE)
-            last_close_arg = _last_code(close_start, positions << 6, arg, 6)
+            close_start = kind == SPAN_CLOSE + 1
+            last_close_arg = _last_code(close_start, positions, arg, 6)
             close_arg = _shift_right(last_close_arg, 0)
             state = _span_automaton(
                 seq_start, header_start, eot_end, open_start, arg, close_end, close_arg, c.n_spans
@@ -533,11 +549,11 @@ def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | No
         trained &= ~in_span
         if calls is not None:
             calls &= ~in_span
-    if not c.train_on_end_of_turn:
-        trained &= ~(covered & (cover_tag == tag(END_OF_TURN)))
+    if in_end_of_turn is not None:
+        trained &= ~in_end_of_turn
     dropped = None
     if calls is not None or c.last_turn_only:
-        turn_start = header_start & ((train_bits >> arg) & 1).bool()
+        turn_start = header_start & ((train_bits >> arg.to(shift_type)) & 1).bool()
         if train_bits >> c.initial_role & 1:  # a header at a sequence start starts the turn
             turn_start |= seq_start & ~header_start
     if calls is not None:

@@ -1,5 +1,6 @@
 """How mask_labels runs: under torch.compile, on long rows, without host synchronisation."""
 
+import pytest
 import torch
 from chatml import parse, spec
 
@@ -149,3 +150,27 @@ def test_attached_model_compiles_over_ten_shapes_in_at_most_two_graphs():
     gpumask.attach(model, chat)
     frames, breaks = _compile_ten_shapes(chat, lambda x, m: model(input_ids=x, attention_mask=m))
     assert breaks == [] and frames <= 2
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("shape", [(1, 2**16), (4, 2**14)])
+def test_every_token_path_allocates_at_most_8x_the_ids(shape, dtype):
+    from torch.profiler import ProfilerActivity, profile
+
+    from gpumask.padding import Batch
+    from gpumask.torch_backend import mask_every_token
+
+    chat = spec(masked_spans=[([8], [9])])
+    row, expected = parse("@user q E nl @assistant *a <tr> x </tr> *c *E nl @tool t E")
+    ids = row.repeat(shape[0], shape[1] // row.shape[1] + 1)[:, : shape[1]].to(dtype)
+    batch = Batch.of(ids.contiguous(), torch.ones_like(ids, dtype=torch.bool))
+    mask_every_token(batch, chat, -100, False)  # tables built before measuring
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        labels, _ = mask_every_token(batch, chat, -100, False)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    assert labels[0, : len(expected)].tolist() == expected
+    assert peak <= 8 * ids.numel() * ids.element_size()
