@@ -65,7 +65,7 @@ def dense_path(quick: bool) -> None:
             mask[:, -7:] = False  # a little padding
             batch = Batch.of(ids, mask)
             mask_every_token(Batch.of(ids[:, :64], mask[:, :64]), spec, -100, False)  # tables
-            peak, _ = peak_bytes(lambda: mask_every_token(batch, spec, -100, False))
+            peak, _ = peak_bytes(lambda b=batch: mask_every_token(b, spec, -100, False))
             ids_bytes = ids.numel() * ids.element_size()
             print(
                 f"{f'{size} x {length}':>12} {str(dtype)[6:]:>6} {ids_bytes / 2**20:8.1f} "
@@ -82,8 +82,11 @@ def spec_tables() -> None:
             vocab_size=VOCAB,
         ),
         "62 markers, one of 255 tokens": gpumask.MaskSpec(
-            roles={"user": long_marker, **{f"r{i}": [151_644, 1000 + i] for i in range(59)},
-                   "assistant": [151_644, 77091]},
+            roles={
+                "user": long_marker,
+                **{f"r{i}": [151_644, 1000 + i] for i in range(59)},
+                "assistant": [151_644, 77091],
+            },
             end_of_turn=[151_645],
             vocab_size=VOCAB,
         ),
@@ -101,9 +104,7 @@ def spec_tables() -> None:
             print(f"{name:>36}   fails: {str(error).splitlines()[0][:70]}")
             continue
         seconds = time.perf_counter() - start
-        print(
-            f"{name:>36} {seconds:8.2f} {peak / 2**20:9.2f} {table_bytes(built) / 2**20:9.3f}"
-        )
+        print(f"{name:>36} {seconds:8.2f} {peak / 2**20:9.2f} {table_bytes(built) / 2**20:9.3f}")
 
 
 def main() -> None:
