@@ -51,26 +51,33 @@ def table_bytes(tables) -> int:
 
 def dense_path(quick: bool) -> None:
     chat = chat_batch(1, 8192, dense=False, seed=0)
-    spec = chat.spec.replace(masked_spans=[([27, 14172, 9655, 397], [522, 14172, 9655, 29])])
-    print("dense path (mask_every_token): ChatML, 4 roles, 1 masked span, attention mask")
-    print(f"{'B x T':>12} {'dtype':>6} {'ids MiB':>8} {'peak MiB':>9} {'peak / ids':>10}")
-    for size, length in SHAPES:
-        if quick and length > 2**20:
-            continue
-        repeats = -(-length // 8192)
-        row = chat.input_ids.repeat(1, repeats)[:, :length]
-        for dtype in (torch.int64, torch.int32):
-            ids = row.repeat(size, 1).to(dtype).contiguous()
-            mask = torch.ones_like(ids, dtype=torch.bool)
-            mask[:, -7:] = False  # a little padding
-            batch = Batch.of(ids, mask)
-            mask_every_token(Batch.of(ids[:, :64], mask[:, :64]), spec, -100, False)  # tables
-            peak, _ = peak_bytes(lambda b=batch: mask_every_token(b, spec, -100, False))
-            ids_bytes = ids.numel() * ids.element_size()
-            print(
-                f"{f'{size} x {length}':>12} {str(dtype)[6:]:>6} {ids_bytes / 2**20:8.1f} "
-                f"{peak / 2**20:9.1f} {peak / ids_bytes:9.1f}x"
-            )
+    tool_response = ([27, 14172, 9655, 397], [522, 14172, 9655, 29])
+    specs = {
+        "1 span": chat.spec.replace(masked_spans=[tool_response]),
+        "2 spans": chat.spec.replace(masked_spans=[tool_response, ([151657], [151658])]),
+    }
+    print("dense path (mask_every_token): ChatML, 4 roles, masked span kinds, attention mask")
+    print(
+        f"{'spec':>8} {'B x T':>12} {'dtype':>6} {'ids MiB':>8} {'peak MiB':>9} {'peak / ids':>10}"
+    )
+    for name, spec in specs.items():
+        for size, length in SHAPES:
+            if quick and length > 2**20:
+                continue
+            repeats = -(-length // 8192)
+            row = chat.input_ids.repeat(1, repeats)[:, :length]
+            for dtype in (torch.int64, torch.int32):
+                ids = row.repeat(size, 1).to(dtype).contiguous()
+                mask = torch.ones_like(ids, dtype=torch.bool)
+                mask[:, -7:] = False  # a little padding
+                batch = Batch.of(ids, mask)
+                mask_every_token(Batch.of(ids[:, :64], mask[:, :64]), spec, -100, False)
+                peak, _ = peak_bytes(lambda b=batch, s=spec: mask_every_token(b, s, -100, False))
+                ids_bytes = ids.numel() * ids.element_size()
+                print(
+                    f"{name:>8} {f'{size} x {length}':>12} {str(dtype)[6:]:>6} "
+                    f"{ids_bytes / 2**20:8.1f} {peak / 2**20:9.1f} {peak / ids_bytes:9.1f}x"
+                )
 
 
 def spec_tables() -> None:

@@ -15,8 +15,10 @@ static shapes and no host-device synchronisation:
    event, and its low bits carry its code, so no gather is needed. With two or more span
    kinds the span state is a small automaton, composed by a log-depth scan.
 
-Positions are int32 (rows up to 2**20 tokens; int64 beyond), which halves the memory traffic
-of the scans.
+Memory. Positions are int32 (rows up to 2**25 tokens; int64 beyond), codes and flags uint8
+and bool, and each intermediate is freed once read, so the every-token path peaks at about
+31 bytes a token (a `cummax` allocates int64 indices it does not need): under 8x the ids'
+size with int32 ids, under 4x with int64 (`benchmarks/memory.py`).
 
 Paths. :func:`mask_labels_torch` picks one: :func:`mask_every_token` for GPU tensors and
 under `torch.compile`; for eager calls on CPU tensors, where data-dependent shapes cost
@@ -240,21 +242,24 @@ def _span_automaton(
     """State (0 none, k + 1 span k open) after each token, for several span kinds.
 
     Each token maps the state before it to the state after it; the maps are composed with a
-    Hillis-Steele scan (log2(T) steps of a gather over the n_spans + 1 states).
+    Hillis-Steele scan (log2(T) steps of a gather over the n_spans + 1 states). Maps are
+    int8 (states < 2**6), widened only for the index of each gather.
     """
     batch, length = header_start.shape
-    states = torch.arange(n_spans + 1, device=header_start.device)
+    states = torch.arange(n_spans + 1, dtype=torch.int8, device=header_start.device)
     f = states.expand(batch, length, n_spans + 1)
-    f = torch.where((seq_start | eot_end)[..., None], 0, f)
-    close_arg = close_arg.long()[..., None]
-    f = torch.where((close_end & ~seq_start)[..., None] & (f == close_arg + 1), 0, f)
-    f = torch.where(header_start[..., None], 0, f)
-    f = torch.where(open_start[..., None] & (f == 0), open_arg.long()[..., None] + 1, f)
+    f = f.masked_fill((seq_start | eot_end)[..., None], 0)
+    close_state = (close_arg + 1).to(torch.int8)[..., None]
+    f = f.masked_fill((close_end & ~seq_start)[..., None] & (f == close_state), 0)
+    del close_state
+    f = f.masked_fill(header_start[..., None], 0)
+    f = torch.where(open_start[..., None] & (f == 0), (open_arg + 1).to(torch.int8)[..., None], f)
     step = 1
     while step < length:
         earlier = F.pad(f[:, :-step], (0, 0, step, 0))
         earlier[:, :step] = states
-        f = torch.gather(f, 2, earlier)
+        f = torch.gather(f, 2, earlier.long())
+        del earlier
         step *= 2
     return f[..., 0]
 
