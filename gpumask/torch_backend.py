@@ -254,13 +254,16 @@ def _span_automaton(
     del close_state
     f = f.masked_fill(header_start[..., None], 0)
     f = torch.where(open_start[..., None] & (f == 0), (open_arg + 1).to(torch.int8)[..., None], f)
-    step = 1
-    while step < length:
-        earlier = F.pad(f[:, :-step], (0, 0, step, 0))
-        earlier[:, :step] = states
+    # log2(T) steps; under torch.compile enough for any int32 length, so that the step count
+    # is no guard on a dynamic T (the steps past log2(T) compose identities).
+    steps = 31 if torch.compiler.is_compiling() else max(length - 1, 0).bit_length()
+    positions = torch.arange(length, dtype=torch.int32, device=f.device)[:, None]
+    for i in range(steps):
+        shifted = F.pad(f, (0, 0, 1 << i, 0))[:, :length]  # f at t - 2**i
+        earlier = torch.where(positions < 1 << i, states, shifted)
+        del shifted
         f = torch.gather(f, 2, earlier.long())
         del earlier
-        step *= 2
     return f[..., 0]
 
 

@@ -125,10 +125,11 @@ def _compile_ten_shapes(chat, step) -> tuple[int, list]:
     return graphs.frame_count, list(counters["graph_break"])
 
 
-def test_dynamic_compile_over_ten_shapes_after_prepare_makes_at_most_two_graphs():
+@pytest.mark.parametrize("spans", [[([8], [9])], [([8], [9]), ([10], [11])]])
+def test_dynamic_compile_over_ten_shapes_after_prepare_makes_at_most_two_graphs(spans):
     import gpumask
 
-    chat = spec(masked_spans=[([8], [9])])
+    chat = spec(masked_spans=spans)
     gpumask.prepare(chat, "cpu")
     frames, breaks = _compile_ten_shapes(chat, lambda x, m: mask_labels(x, chat, attention_mask=m))
     assert breaks == [] and frames <= 2  # a batch of 1 is a shape of its own to dynamo
