@@ -7,11 +7,13 @@ turn and a warning saying so; or a `MaskSpecError`. The labels are checked as in
 `test_real_formats.py`: a token trains iff its characters overlap an assistant *body* and no
 hole. A body runs from the message's content (from its reasoning block's opening text when
 the template renders one, from its tool call's opening text when the call has no content
-rendered beside it) through the end of the end-of-turn text after it; with no end of turn,
+rendered beside it, with the space or other `reply_prefix` the template writes in front of a
+reply's content) through the end of the end-of-turn text after it; with no end of turn,
 through the whitespace before the next header, whose first character is a hole (a token that
 merges a reply's last space with the header is the header's). A reasoning block that is an
-assistant turn of its own (harmony's analysis channel) is a body of its own. A tool result
-inside a reply is a hole with its wrapper. A "partial" template's conversations hold every
+assistant turn of its own (harmony's analysis channel) is a body of its own, from its opening
+text (``<|channel|>analysis<|message|>``). A tool result inside a reply is a hole with its
+wrapper. A "partial" template's conversations hold every
 type but the one its warning names.
 """
 
@@ -164,12 +166,12 @@ def _bodies(text: str, messages: list[dict], t) -> tuple[list, list]:
         start = None
         reasoning = message.get("reasoning_content")
         found = text.find(reasoning, at) if reasoning else -1
-        if found >= 0 and t.reasoning_turns:
-            add(found, found + len(reasoning))
-        elif found >= 0:
-            start = text.rindex(t.think, at, found)
         if found >= 0:
+            start = text.rindex(t.think, at, found)
             at = found + len(reasoning)
+            if t.reasoning_turns:
+                add(start, at)
+                start = None
         found = text.find(content, at) if content else -1
         if message.get("tool_calls") and (found < 0 or not t.call_content):
             found = text.find(t.call_open, at)
