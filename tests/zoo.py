@@ -53,8 +53,9 @@ class Template:
     turn (several: whichever comes first; None: nothing does, the next header ends a reply,
     and `headers` lists the texts a header starts with); `call_open` the text a tool call
     starts with; `reply_prefix` text the template writes in front of every reply's content
-    (Llama 2's space after ``[/INST]``); `think` the text a rendered reasoning block starts
-    with (``<think>``), or `reasoning_turns` when reasoning is an assistant turn of its own
+    (Llama 2's space after ``[/INST]``); `think` the texts a rendered reasoning block starts
+    and ends with (``<think>``, ``</think>``), with `reasoning_turns` when it is an assistant
+    turn of its own
     (harmony's analysis channel); `inline_results` the wrapper of a tool result rendered
     inside the assistant's turn.
     """
@@ -81,7 +82,7 @@ class Template:
     max_calls: int = 2
     quotes_tool_results: bool = False  # tool results rendered as JSON strings
     inline_results: tuple[str, str] | None = None
-    think: str = ""
+    think: tuple[str, str] | None = None  # a rendered reasoning block: (open, close)
     reasoning_turns: bool = False
     trims: bool = False  # strips whitespace around contents
     reply_prefix: str = ""
@@ -171,6 +172,7 @@ KIMI += (
     "<|tool_call_end|>",
 )
 HARMONY = ("<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>", "<|call|>")
+THINK = ("<think>", "</think>")
 GEMMA = ("<start_of_turn>", "<end_of_turn>")
 GEMMA4 = ("<|turn>", "<turn|>", "<|tool_call>", "<tool_call|>", "<|tool_response>")
 GEMMA4 += ("<tool_response|>", '<|"|>')
@@ -195,8 +197,9 @@ ZOO = {
             "<|im_end|>",
             tools="calls",
             call_open="<tool_call>",
-            think="<think>",
+            think=THINK,
             trims=True,
+            plain=THINK,
         ),
         Template(
             "hermes2_pro_tools",
@@ -387,8 +390,9 @@ ZOO = {
             tools="calls",
             call_open="<tool_call>",
             quotes_tool_results=True,
-            think="<think>",
+            think=THINK,
             trims=True,
+            plain=THINK,
         ),
         Template(
             "granite3_tools",
@@ -479,7 +483,7 @@ ZOO = {
             special=GLM45,
             tools="calls",
             call_open="<tool_call>",
-            think="<think>",
+            think=THINK,
             trims=True,
             headers=("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
         ),
@@ -509,7 +513,7 @@ ZOO = {
             QWEN,
             ("<|end|>", "<|return|>"),
             special=HARMONY,
-            think="<|channel|>analysis<|message|>",
+            think=("<|channel|>analysis<|message|>", "<|end|>"),
             reasoning_turns=True,
         ),
         Template(
@@ -523,7 +527,7 @@ ZOO = {
             tools="calls",
             call_open="<|tool_call>",
             inline_results=("<|tool_response>", "<tool_response|>"),
-            think="<|channel>",
+            think=("<|channel>", "<channel|>"),
             trims=True,
         ),
         Template(
@@ -532,8 +536,8 @@ ZOO = {
             QWEN,
             DEEPSEEK_ENDS[1],
             special=DEEPSEEK_ENDS,
-            plain=DEEPSEEK_CHAT[:2],
-            think="<think>",
+            plain=DEEPSEEK_CHAT[:2] + THINK,
+            think=THINK,
             **DEEPSEEK,
         ),
         Template(
@@ -583,7 +587,7 @@ ZOO = {
             LLAMA3,
             "<|im_end|>",
             special=CHATML,
-            think="<think>",
+            think=THINK,
         ),
         Template(
             "aya_expanse",
