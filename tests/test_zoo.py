@@ -7,11 +7,13 @@ turn and a warning saying so; or a `MaskSpecError`. The labels are checked as in
 `test_real_formats.py`: a token trains iff its characters overlap an assistant *body* and no
 hole. A body runs from the message's content (from its reasoning block's opening text when
 the template renders one, from its tool call's opening text when the call has no content
-rendered beside it) through the end of the end-of-turn text after it; with no end of turn,
+rendered beside it, with the space or other `reply_prefix` the template writes in front of a
+reply's content) through the end of the end-of-turn text after it; with no end of turn,
 through the whitespace before the next header, whose first character is a hole (a token that
 merges a reply's last space with the header is the header's). A reasoning block that is an
-assistant turn of its own (harmony's analysis channel) is a body of its own. A tool result
-inside a reply is a hole with its wrapper. A "partial" template's conversations hold every
+assistant turn of its own (harmony's analysis channel) is a body of its own, from its opening
+text (``<|channel|>analysis<|message|>``). A tool result inside a reply is a hole with its
+wrapper. A "partial" template's conversations hold every
 type but the one its warning names.
 """
 
@@ -132,10 +134,11 @@ def _turn_end(text: str, at: int, t) -> tuple[int, int | None]:
     return (min(starts), min(starts)) if starts else (len(text), None)
 
 
-def _bodies(text: str, messages: list[dict], t) -> tuple[list, list]:
-    """Character spans that train, and holes in them (see the module docstring). Every other
-    content must be found after the previous one, so that a template that drops or moves
-    one fails here."""
+def _bodies(text: str, messages: list[dict], t, thinking: bool = True) -> tuple[list, list]:
+    """Character spans that train, and holes in them (see the module docstring; not
+    `thinking`: every reasoning block, from its opening text through its closing text, is a
+    hole). Every other content must be found after the previous one, so that a template that
+    drops or moves one fails here."""
     bodies, holes, at = [], [], 0
 
     def add(start: int, reaches: int) -> int:
@@ -164,12 +167,15 @@ def _bodies(text: str, messages: list[dict], t) -> tuple[list, list]:
         start = None
         reasoning = message.get("reasoning_content")
         found = text.find(reasoning, at) if reasoning else -1
-        if found >= 0 and t.reasoning_turns:
-            add(found, found + len(reasoning))
-        elif found >= 0:
-            start = text.rindex(t.think, at, found)
         if found >= 0:
+            opens, closes = t.think
+            start = text.rindex(opens, at, found)
             at = found + len(reasoning)
+            if not thinking:
+                holes.append((start, text.index(closes, at) + len(closes)))
+            if t.reasoning_turns:
+                add(start, at)
+                start = None
         found = text.find(content, at) if content else -1
         if message.get("tool_calls") and (found < 0 or not t.call_content):
             found = text.find(t.call_open, at)
@@ -191,8 +197,9 @@ def _detected(name: str) -> MaskSpec:
         return MaskSpec.from_tokenizer(load_zoo(name))
 
 
-def _check(name: str, spec: MaskSpec) -> None:
-    """Labels of `spec` on random conversations of the template's types, against their bodies."""
+def _check(name: str, spec: MaskSpec, thinking: bool = True) -> None:
+    """Labels of `spec` on random conversations of the template's types, against their bodies
+    (reasoning blocks masked when not `thinking`)."""
     t, tok = ZOO[name], load_zoo(name)
     rng = random.Random(f"gpumask zoo {name}")
     texts, all_bodies, types = [], [], set()
@@ -202,7 +209,7 @@ def _check(name: str, spec: MaskSpec) -> None:
             messages, tools=TOOLS if with_tools else None, tokenize=False
         )
         texts.append(text)
-        all_bodies.append(_bodies(text, messages, t))
+        all_bodies.append(_bodies(text, messages, t, thinking))
         types |= _types_of(messages)
     assert types == set(t.types), "the generator must cover every type the template renders"
     encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
@@ -253,6 +260,14 @@ def test_outcome_is_the_one_the_spec_asks_for(name):
 @pytest.mark.parametrize("name", LABELLED)
 def test_random_conversations_train_exactly_the_assistant_bodies(name):
     _check(name, _detected(name))
+
+
+@pytest.mark.parametrize("name", [name for name in LABELLED if ZOO[name].think])
+def test_train_thinking_false_masks_every_reasoning_block(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        spec = MaskSpec.from_tokenizer(load_zoo(name), train_thinking=False)
+    _check(name, spec, thinking=False)
 
 
 def test_hand_written_str_markers_match_where_the_reply_merges_with_the_header():
