@@ -117,9 +117,9 @@ def spec_from_tokenizer(
     return spec
 
 
-# Formats read (or refusals), per (vocabulary, template): the second `from_tokenizer` call on a
-# tokenizer costs a dictionary lookup. A tokenizer's vocabulary is fingerprinted once per object (and
-# again if tokens are added to it).
+# Formats read (or refusals), per (vocabulary, template): the second `from_tokenizer` call on
+# a tokenizer costs a dictionary lookup. A tokenizer's vocabulary is fingerprinted once per
+# object (and again if tokens are added to it).
 _FORMATS: dict[tuple, ChatFormat | MaskSpecError] = {}
 _SPECS: dict[tuple, MaskSpec] = {}
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

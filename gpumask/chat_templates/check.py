@@ -78,6 +78,8 @@ def disagreements(
             continue  # a message the template renders with nothing to anchor it (no content)
         if prev is not None and prev.role == "tool" and inline_results:
             continue  # a reply that goes on after a tool result inside its own turn
+        if nxt is None and r.generation_prompt:
+            continue  # what a generation prompt adds is not trained data
         end = lo  # trained from the start: the end of a reply, its end of turn
         while prev is not None and prev.role == "assistant" and end < hi and trained[end]:
             end += 1

@@ -76,6 +76,7 @@ class Rendering:
     name: str
     type: str | None  # the conversation type it checks (None: read only)
     shape: int
+    generation_prompt: bool
     messages: list[dict]
     primary: bool  # a conversation without tools
     text: str
@@ -386,6 +387,7 @@ def render(
         name=probe.name,
         type=probe.type,
         shape=shape,
+        generation_prompt=probe.generation_prompt,
         messages=messages,
         primary=not probe.tools,
         text=text,

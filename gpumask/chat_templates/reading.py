@@ -220,7 +220,10 @@ class Reader:
             elif eots.get(prev_role):
                 return None
             elif prev_role == "tool":
-                lo = next((i for i in range(lo, hi) if r.ids[i] in self.control), -1)
+                heads = [at for alt in known.get(a.role, ()) if (at := r.find(alt, lo, hi)) >= 0]
+                lo = min(
+                    heads, default=next((i for i in range(lo, hi) if r.ids[i] in self.control), -1)
+                )
                 if lo < 0:
                     raise MaskSpecError(
                         "header after a tool result: the template puts no end of turn after a "
@@ -340,6 +343,8 @@ class Reader:
                 for e in eots["assistant"]
                 if (at := r.find(e, prev.stop, a.first)) >= 0
             ]
+            if not ends and not eots["assistant"]:
+                return None, "", ""  # no turn ever ends: a result has a header of its own
             if not ends:  # the call's turn goes on: the result is inside it, up to the reply
                 close = r.text[a.end : nxt].strip()
                 return "assistant", self._result_open(close), close
