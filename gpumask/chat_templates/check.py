@@ -56,7 +56,7 @@ def disagreements(
     problems: list[str] = []
 
     def who(a) -> str:
-        return f"the {a.role}'s {'tool call' if a.kind == 'call' else 'content'}"
+        return f"the {a.role}'s {'tool call' if a.kind == 'call' else a.kind}"
 
     for a in r.anchors:
         want = a.role == "assistant"
@@ -89,7 +89,7 @@ def disagreements(
             and nxt.role == "assistant"
             and start > end
             and trained[start - 1]
-            and (nxt.kind == "call" or r.ws(start - 1))
+            and (nxt.kind != "content" or r.ws(start - 1))
         ):
             start -= 1
         late = next((t for t in range(end, start) if trained[t]), None)

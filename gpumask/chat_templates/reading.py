@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from gpumask.chat_templates.probes import (
@@ -224,13 +225,10 @@ class Reader:
                 lo = min(
                     heads, default=next((i for i in range(lo, hi) if r.ids[i] in self.control), -1)
                 )
-                if lo < 0:
-                    raise MaskSpecError(
-                        "header after a tool result: the template puts no end of turn after a "
-                        f"tool result and no special token before the next turn ("
-                        f"{r.text[prev.end : a.start]!r} in probe {r.name!r}), so where the "
-                        "result's wrapper ends and the next header starts cannot be told"
-                    )
+                if lo < 0:  # the payload's closing punctuation is the result's
+                    lo = prev.stop
+                    while lo < hi and (r.ws(lo) or closes_json(r, lo)):
+                        lo += 1
         while lo < hi and r.ws(lo):
             lo += 1
         if a.role == "tool":  # a wrapper around the result's content is not the header's
@@ -239,12 +237,36 @@ class Reader:
                 hi = cut
                 while hi > lo and r.ws(hi - 1):
                     hi -= 1
-        if a.kind == "call" or not r.primary or prev is None:
+        starts = [alt for alt in known.get(a.role, ()) if r.find(alt, lo, lo + len(alt)) == lo]
+        prompt = self.prompt_header  # the header as a generation prompt writes it
+        prompted = a.role == "assistant" and prompt and r.find(prompt, lo, lo + len(prompt)) == lo
+        if a.kind == "reasoning" and (starts or prompted):
+            # what opens a reasoning block is the reply's own: the shortest header before it,
+            # and the whitespace after it
+            end = lo + len(min([*starts, *([prompt] if prompted else [])], key=len))
+            while end < hi and r.ws(end):
+                end += 1
+            return lo, end
+        if a.kind == "call" and prompted and not starts:
+            return lo, lo + len(prompt)  # a call's opening text (Command-A's <|START_ACTION|>)
+        if starts and (a.kind == "call" or not r.primary or prev is None):
             # a known header, then text of the turn (a call's wrapper, a tool list)
-            starts = [alt for alt in known.get(a.role, ()) if r.find(alt, lo, lo + len(alt)) == lo]
-            if starts:
-                return lo, lo + len(max(starts, key=len))
+            return lo, lo + len(max(starts, key=len))
         return (lo, hi) if lo < hi else None
+
+    @functools.cached_property
+    def prompt_header(self) -> Ids:
+        """The tokens a generation prompt adds after a user turn: the assistant's header as
+        the model is prompted with it (empty when the template adds nothing)."""
+        plain = {r.shape: r for r in self.renderings.get("user only", ())}
+        for r in self.renderings.get("user only, generation prompt", ()):
+            base = plain.get(r.shape)
+            if base is not None and r.text.startswith(base.text) and r.shape == 0:
+                n = len(common_prefix([tuple(base.ids), tuple(r.ids)]))
+                while n < len(r.ids) and r.ws(n):
+                    n += 1
+                return tuple(r.ids[n:])
+        return ()
 
     def headers(self, eots, known, inside, renderings) -> dict[str, list[Ids]]:
         """Header alternatives per role read before every anchor of `renderings`.
@@ -264,7 +286,7 @@ class Reader:
             for r in renderings:
                 for k, a in enumerate(r.anchors):
                     merged = r.shape >= BASE_SHAPES
-                    after_a_turn = r.primary and k > 0 and not merged
+                    after_a_turn = r.primary and k > 0 and not merged and a.kind != "reasoning"
                     if (
                         (a.role == "tool" and inside)
                         or (step == "merged") != merged
