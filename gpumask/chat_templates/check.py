@@ -173,7 +173,6 @@ def check_template(
         >>> report.ok, [(t.kind, t.status) for t in report.types][:2]
         (True, [('exchange', 'agree'), ('system prompt', 'agree')])
     """
-    from gpumask.chat_templates.conversations import conversation
     from gpumask.chat_templates.format import detect_chat_format
     from gpumask.chat_templates.reading import Reader
 
@@ -197,25 +196,13 @@ def check_template(
             return report
     rng = random.Random(seed)
     for kind in TYPES:
-        probes = [rs[0] for rs in reader.renderings.values() if rs[0].type == kind]
-        if not probes:
+        renderings = random_renderings(tokenizer, template, reader, kind, n, rng)
+        if renderings is None:
             report.types.append(TypeReport(kind, "not rendered"))
             continue
-        probe = probes[0]
-        call = next((m for m in probe.messages if m.get("tool_calls")), None)
-        style = {
-            "string_arguments": bool(call)
-            and isinstance(call["tool_calls"][0]["function"]["arguments"], str),
-            "bare_content": "" if call is not None and call["content"] == "" else None,
-        }
         result = TypeReport(kind, "refused" if kind in unsupported else "agree")
-        for _ in range(n):
-            messages, tools = conversation(kind, rng, **style)
-            r = render(
-                tokenizer, template, 0, Probe(kind, kind, (), bool(tools), False), messages, tools
-            )
-            if r is None:
-                continue
+        for r in renderings:
+            messages = r.messages
             result.conversations += 1
             calls = sum(len(m.get("tool_calls") or ()) for m in messages)
             if calls and not any(a.kind == "call" for a in r.anchors):
@@ -226,12 +213,40 @@ def check_template(
                 result.disagreeing += 1
                 if not result.first:
                     result.first = f"{problems[0]}\n{highlight(r, trained)}"
-        if result.disagreeing and result.status == "agree":
+        if result.disagreeing and result.status != "refused":
             result.status = "disagree"
         if result.status == "refused":
             result.first = result.first and f"(from_tokenizer warned) {result.first}"
         report.types.append(result)
     return report
+
+
+def random_renderings(
+    tokenizer: Any, template: str | None, reader: Any, kind: str, n: int, rng: random.Random
+) -> list[Rendering] | None:
+    """`n` random conversations of type `kind`, rendered as the template renders its probe of
+    that type (dict or string arguments, a bare call's None or ""); None when it rendered no
+    probe of that type."""
+    from gpumask.chat_templates.conversations import conversation
+
+    probes = [rs[0] for rs in reader.renderings.values() if rs[0].type == kind]
+    if not probes:
+        return None
+    call = next((m for m in probes[0].messages if m.get("tool_calls")), None)
+    style = {
+        "string_arguments": bool(call)
+        and isinstance(call["tool_calls"][0]["function"]["arguments"], str),
+        "bare_content": "" if call is not None and call["content"] == "" else None,
+    }
+    out = []
+    for _ in range(n):
+        messages, tools = conversation(kind, rng, **style)
+        r = render(
+            tokenizer, template, 0, Probe(kind, kind, (), bool(tools), False), messages, tools
+        )
+        if r is not None:
+            out.append(r)
+    return out
 
 
 def highlight(r: Rendering, trained: list[bool]) -> str:

@@ -38,6 +38,7 @@ SHAPES = (
 BASE_SHAPES = 2
 CALL_CONTENT = "Vexqcone"
 REASONING = "Vexqrone"
+SENTINEL = "Vexq"  # every probe content has it
 FUNCTION = "vexq_lookup"
 ARGUMENT = "vexq_city"
 VALUE = "Vexqcity"
@@ -375,7 +376,8 @@ def render(
         # where the template moved a content (Mistral puts the system message in the last
         # user turn), it is found out of order
         at = text.find(content, lo) if content else -1
-        at = text.find(content) if content and at < 0 else at
+        if at < 0 and content and text.count(content) == 1:  # moved, and found only there
+            at = text.find(content)
         calls = message.get("tool_calls") or ()
         first_call = find_call(text, lo, *_name_and_value(calls[0])) if calls else None
         content_first = at >= 0 and (first_call is None or at < first_call[0])

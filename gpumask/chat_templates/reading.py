@@ -70,6 +70,32 @@ def _after_ends_of_turn(
     return lo, hi
 
 
+def _prefixes(seqs: list[Ids], firsts: list, skip_space: bool):
+    """(common prefix, rendering, start) per group of the token runs after a role's contents,
+    grouped by their first token that is not whitespace (harmony ends its last reply with
+    ``<|return|>``, the others with ``<|end|>``); the leading whitespace is skipped where
+    headers can stop the reading (`skip_space`). A content with nothing after it (the end
+    of the rendering) means no end of turn at all."""
+    if any(not seq for seq in seqs):
+        return [((), *firsts[0])]
+    groups: dict[int, list[tuple[Ids, Rendering, int]]] = {}
+    for seq, (r, start) in zip(seqs, firsts):
+        lead = 0
+        while skip_space and lead < len(seq) and r.ws(start + lead):
+            lead += 1
+        if lead < len(seq):
+            groups.setdefault(seq[lead], []).append((seq[lead:], r, start + lead))
+    return [
+        (common_prefix([seq for seq, _, _ in group]), group[0][1], group[0][2])
+        for group in groups.values()
+    ]
+
+
+def _ends_with(gap: Ids, alt: Ids) -> bool:
+    """Whether `gap` is `alt`, after whitespace or closing punctuation of its own."""
+    return bool(alt) and len(gap) >= len(alt) and gap[len(gap) - len(alt) :] == alt
+
+
 class Reader:
     """The probe renderings of one template, and the readings taken off them."""
 
@@ -136,7 +162,7 @@ class Reader:
         headers = [alt for alts in known.values() for alt in alts]
         found: list[Ids] = []
         for shape in range(len(SHAPES)):
-            seqs, first, into_reply = [], None, set()
+            seqs, firsts, into_reply = [], [], set()
             for r in self.all():
                 if r.shape != shape:
                     continue
@@ -155,34 +181,30 @@ class Reader:
                         while role == "tool" and start < r.after(k) and closes_json(r, start):
                             start += 1  # the quote or brace closing a result's JSON is its own
                         seqs.append(tuple(r.ids[start : r.after(k)]))
-                        first = first or (r, start)
+                        firsts.append((r, start))
                         if role == "tool" and r.anchors[k + 1 :][:1]:
                             if r.anchors[k + 1].role == "assistant":
                                 into_reply.add(seqs[-1])
             if not seqs:
                 continue
-            prefix = common_prefix(seqs)
-            r, at = first
-            lead = 0  # whitespace in front of the end of turn (Llama 2's `reply </s>`), once
-            while known and lead < len(prefix) and r.ws(at + lead):  # headers can stop it
-                lead += 1
-            n = next(
-                (
-                    i
-                    for i in range(lead, len(prefix))
-                    if r.ws(at + i)
-                    or any(r.find(alt, at + i, at + i + len(alt)) == at + i for alt in headers)
-                ),
-                len(prefix),
-            )
-            alt = prefix[lead:n]
-            if any(gap[lead:] == alt or gap == alt for gap in into_reply):
-                continue  # what ends a result leads into a reply: the reply's header (DeepSeek)
-            for other in others:
-                if any(alt[i : i + len(other)] == other for i in range(len(alt))):
-                    alt = other
-                    break
-            add_alt(found, alt)
+            for prefix, r, at in _prefixes(seqs, firsts, bool(known)):
+                n = next(
+                    (
+                        i
+                        for i in range(len(prefix))
+                        if r.ws(at + i)
+                        or any(r.find(alt, at + i, at + i + len(alt)) == at + i for alt in headers)
+                    ),
+                    len(prefix),
+                )
+                alt = prefix[:n]
+                if any(_ends_with(gap, alt) for gap in into_reply):
+                    continue  # what ends a result leads into a reply: its header (DeepSeek)
+                for other in others:
+                    if any(alt[i : i + len(other)] == other for i in range(len(alt))):
+                        alt = other
+                        break
+                add_alt(found, alt)
         return tuple(found)
 
     def header_span(
