@@ -74,10 +74,10 @@ def _prefixes(seqs: list[Ids], firsts: list, skip_space: bool):
     """(common prefix, rendering, start) per group of the token runs after a role's contents,
     grouped by their first token that is not whitespace (harmony ends its last reply with
     ``<|return|>``, the others with ``<|end|>``); the leading whitespace is skipped where
-    headers can stop the reading (`skip_space`). A content with nothing after it (the end
-    of the rendering) means no end of turn at all."""
-    if any(not seq for seq in seqs):
-        return [((), *firsts[0])]
+    headers can stop the reading (`skip_space`). A content with nothing but whitespace after
+    it (at the end of the rendering) means no end of turn at all."""
+    if any(all(r.ws(start + i) for i in range(len(seq))) for seq, (r, start) in zip(seqs, firsts)):
+        return [((), *firsts[0])]  # nothing but whitespace after a content, at the end
     groups: dict[int, list[tuple[Ids, Rendering, int]]] = {}
     for seq, (r, start) in zip(seqs, firsts):
         lead = 0
