@@ -108,7 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--only: unknown step {unknown[0]!r}; steps: {[s[0] for s in STEPS]}")
         steps = tuple(s for s in STEPS if s[0] in wanted)
     meta = {
-        "title": "CPU smoke run" if args.smoke else torch.cuda.get_device_name(),
+        "title": f"CPU smoke run, {os.cpu_count()} CPU cores"
+        if args.smoke
+        else torch.cuda.get_device_name(),
         "banner": SMOKE_BANNER if args.smoke else None,
         "mode": "smoke" if args.smoke else "gpu",
         "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -118,7 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report = Report(out, meta)
     log(f"gpumask GPU check ({meta['mode']}) -> {report.json_path}")
+    started = time.monotonic()
     run_steps(report, steps, plan, args.budget)
+    report.meta["total_s"] = round(time.monotonic() - started, 1)
+    report.write()
     log("")
     for step in report.steps:
         log(f"{step.name:16s} {step.status:8s} {step.seconds():7.1f}s")

@@ -34,6 +34,7 @@ import gpumask
 from benchmarks.gpu_data import (
     IM_END,
     N_MARKERS,
+    ROOT,
     VOCAB,
     chat_stream,
     chatml_tools_spec,
@@ -96,7 +97,7 @@ def smoke_plan(out_dir: Path) -> Plan:
         torch.device("cpu"),
         out_dir,
         cases=24,
-        workers=2,
+        workers=1,
         long_shapes=((1, 320),),
         speed_shapes=((2, 128),),
         speed_runs=2,
@@ -228,14 +229,16 @@ def environment(ctx: StepContext, plan: Plan) -> None:
             r[name] = importlib.import_module(name).__version__
         except Exception as error:  # a missing or broken package is a finding, not a crash
             r[name] = f"unavailable ({type(error).__name__}: {error})"
-    r["gpumask"] = f"{gpumask.__version__} ({Path(gpumask.__file__).parent})"
+    where = Path(gpumask.__file__).parent
+    where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
+    r["gpumask"] = f"{gpumask.__version__} ({where})"
     r["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET", "")
     ctx.check("triton importable", not r["triton"].startswith("unavailable"), r["triton"])
+    r["cuda_available"] = torch.cuda.is_available()
     if not plan.cuda:
-        ctx.check("no CUDA device is expected in a smoke run", not torch.cuda.is_available())
-        ctx.skip("GPU name, SMs, L2, memory, clocks", "no CUDA device (CPU smoke run)")
+        ctx.skip("GPU name, SMs, L2, memory, clocks", "the smoke run uses the CPU")
         return
-    ctx.check("CUDA available", torch.cuda.is_available())
+    ctx.check("CUDA available", r["cuda_available"])
     props = torch.cuda.get_device_properties(plan.device)
     r["device"] = props.name
     r["capability"] = f"{props.major}.{props.minor}"
@@ -285,7 +288,8 @@ def correctness(ctx: StepContext, plan: Plan) -> None:
     CPU torch backend."""
     deadline = time.time() + max(ctx.left() - 15, 5)
     spawn = multiprocessing.get_context("spawn")
-    pool = attempt(ctx, "start worker processes", lambda: spawn.Pool(plan.workers))
+    start = functools.partial(spawn.Pool, plan.workers, initializer=_one_thread)
+    pool = attempt(ctx, "start worker processes", start)
     results = []
     try:
         if pool is not None:
@@ -297,14 +301,13 @@ def correctness(ctx: StepContext, plan: Plan) -> None:
             ]
             ctx.log(f"{plan.cases} random cases in {plan.workers} worker processes")
         attempt(ctx, "long rows", lambda: long_rows(ctx, plan))
-        if pool is None:
+        for k, part in enumerate(parts if pool is not None else []):
+            wait = functools.partial(part.get, max(deadline - time.time() + 20, 1))
+            done = attempt(ctx, f"random cases, worker {k}", wait)
+            results += [done] if done is not None else []
+        if not results:  # no worker could run (say, a GPU in exclusive-process mode)
             ctx.log(f"{plan.cases} random cases in this process")
             results.append(check_cases(plan.cases, 0, 1, plan.device.type, deadline))
-        else:
-            for k, part in enumerate(parts):
-                wait = functools.partial(part.get, max(deadline - time.time() + 20, 1))
-                done = attempt(ctx, f"random cases, worker {k}", wait)
-                results += [done] if done is not None else []
     finally:
         if pool is not None:
             pool.terminate()
@@ -323,6 +326,10 @@ def correctness(ctx: StepContext, plan: Plan) -> None:
     )
     if merged["left_for_time"]:
         ctx.out_of_time.append(f"{merged['left_for_time']} random cases (worker deadline)")
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)  # many workers share the machine's cores
 
 
 def check_cases(n: int, part: int, parts: int, device: str, deadline: float) -> dict[str, Any]:
@@ -650,6 +657,8 @@ def speed(ctx: StepContext, plan: Plan) -> None:
         rows.append(_speed_row(ctx, plan, timer, copies, label, *config))
         ctx.log(str(rows[-1]))
         ctx.save()
+    timed = all(f"{name} us" in row for row in rows for name in ("copy", *BACKENDS))
+    ctx.check("every row timed both backends and the copy", bool(rows) and timed)
     if not plan.cuda:
         ctx.skip(
             "CUDA-event timing and L2 flush",
@@ -676,7 +685,7 @@ def _speed_row(ctx, plan, timer, copies, label, batch, length, dtype, packed) ->
         copies[(batch, length, dtype)] = statistics.median(times) if times else float("nan")
     copy_us = copies[(batch, length, dtype)]
     row["copy us"] = round(copy_us, 1)
-    row["copy GB/s"] = round(nbytes / copy_us / 1e3, 1)
+    row["copy GB/s"] = round(nbytes / copy_us / 1e3, 3)
     for backend in BACKENDS:
 
         def call(ids, position_ids, backend=backend):
@@ -686,7 +695,7 @@ def _speed_row(ctx, plan, timer, copies, label, batch, length, dtype, packed) ->
         if times:
             us = statistics.median(times)
             row[f"{backend} us"] = round(us, 1)
-            row[f"{backend} GB/s"] = round(nbytes / us / 1e3, 1)
+            row[f"{backend} GB/s"] = round(nbytes / us / 1e3, 3)
             row[f"{backend} x copy"] = round(copy_us / us, 3)
     return row
 
@@ -784,8 +793,9 @@ def training_step(ctx: StepContext, plan: Plan) -> None:
 
 
 def profile(ctx: StepContext, plan: Plan) -> None:
-    """torch.profiler over one masked training step: the top kernels by time, marked when
-    mask_labels launches them on its own (profiled alone, on the same batch)."""
+    """torch.profiler over one masked training step: the top kernels by time, each marked when
+    mask_labels launches a kernel of that name on its own (profiled alone, on the same batch:
+    the Triton kernels are gpumask's alone, elementwise kernels may be the model's too)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
@@ -819,13 +829,13 @@ def profile(ctx: StepContext, plan: Plan) -> None:
             "calls": calls,
             "us": round(us, 1),
             "% of step": round(100 * us / total, 2),
-            "mask_labels launches it": name in masking,
+            "also launched by mask_labels": name in masking,
         }
         for name, (calls, us) in sorted(step.items(), key=lambda kv: -kv[1][1])[:15]
     ]
     r["mask_labels alone"] = [
         {"name": name[:90], "calls": calls, "us": round(us, 1)}
-        for name, (calls, us) in sorted(masking.items(), key=lambda kv: -kv[1][1])
+        for name, (calls, us) in sorted(masking.items(), key=lambda kv: -kv[1][1])[:15]
     ]
     ctx.check("the profiles hold events", total > 0 and bool(masking))
     trace = plan.out_dir / "gpu_check_trace.json.gz"
