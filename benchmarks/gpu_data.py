@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,8 @@ def chat_stream(
     cut = torch.arange(turns, device=device) * TURN + torch.randint(
         0, TURN // 2, (batch, turns), **kw
     )
-    roles = torch.tensor([ROLE_IDS[r] for r in ROLE_TABLE], device=device)
-    role = roles[torch.randint(0, len(ROLE_TABLE), (batch, turns), **kw)]
+    pick = torch.randint(0, len(ROLE_TABLE), (batch, turns), **kw)
+    role = _role_table(torch.device(device))[pick]
     role[:, -1] = ROLE_IDS["assistant"]  # every row ends with a reply, so every row trains
     planted = [IM_END, NEWLINE, IM_START, role, NEWLINE]
     for k, token in enumerate(planted):
@@ -102,14 +103,20 @@ def chat_stream(
     return ids.to(dtype), position_ids
 
 
+@functools.cache
+def _role_table(device: torch.device) -> torch.Tensor:
+    return torch.tensor([ROLE_IDS[r] for r in ROLE_TABLE], device=device)
+
+
 def _plant(ids: torch.Tensor, positions: torch.Tensor, token: int | torch.Tensor) -> None:
     """ids[b, positions[b, j]] = token (or token[b, j]) wherever 0 <= position < length.
 
-    Turn windows never overlap, so no position is written twice with different values.
+    Turn windows never overlap, so no position is written twice with different values. No
+    host-to-device copy: a timing loop that makes a batch before every run never waits.
     """
     length = ids.shape[1]
     inside = (positions >= 0) & (positions < length)
-    values = torch.as_tensor(token, device=ids.device).expand(positions.shape)
+    values = token if isinstance(token, torch.Tensor) else torch.full_like(positions, token)
     current = ids.gather(1, positions.clamp(0, length - 1))
     ids.scatter_(1, positions.clamp(0, length - 1), torch.where(inside, values, current))
 
