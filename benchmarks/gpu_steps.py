@@ -394,9 +394,11 @@ def check_cases(n: int, part: int, parts: int, device: str, deadline: float) -> 
 
 
 def _features(spec: gpumask.MaskSpec, ids: torch.Tensor, kwargs: dict) -> list[str]:
+    """What a case exercises, for the coverage counts (read off MaskSpec's options)."""
     out = [f"ids {str(ids.dtype).removeprefix('torch.')}", *(f"with {k}" for k in kwargs)]
-    out += [f"{len(spec.masked_spans)} span kinds"] if spec.masked_spans else []
-    out += ["last_turn_only"] if spec.last_turn_only else []
+    spans = len(getattr(spec, "masked_spans", ()))
+    out += [f"{spans} span kinds"] if spans else []
+    out += ["last_turn_only"] if getattr(spec, "last_turn_only", False) else []
     if spec.ignore_token_ids and 0 < spec.ignore_token_prob < 1:
         out.append(f"random drops (p={spec.ignore_token_prob}, {ids.device.type} generator)")
     return out

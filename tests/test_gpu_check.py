@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import gpumask
+from benchmarks import gpu_steps
 from benchmarks.gpu_check import run_steps
 from benchmarks.gpu_report import Report
 
@@ -112,3 +114,29 @@ def test_failing_step_keeps_its_error_and_later_steps_still_run(tmp_path):
     markdown = (tmp_path / "gpu_check.md").read_text()
     assert "Error: `RuntimeError: kernel exploded`" in markdown
     assert "Left out when the time budget ran out:\n\n- first part" in markdown
+
+
+def test_a_backend_that_differs_from_the_oracle_is_reported_with_its_case(monkeypatch):
+    real = gpumask.mask_labels
+
+    def torch_backend_off_by_one(ids, spec, backend, **kwargs):
+        labels, stats = real(ids, spec, backend="torch", **kwargs)  # no kernel runs here
+        return (labels + 1 if backend == "torch" else labels), stats
+
+    monkeypatch.setattr(gpumask, "mask_labels", torch_backend_off_by_one)
+    out = gpu_steps.check_cases(4, 0, 1, "cpu", deadline=time.time() + 300)
+    assert out["checked"] == {"torch": 4, "triton": 4}
+    assert [f["backend"] for f in out["failures"]] == ["torch"] * 4
+    first = out["failures"][0]
+    assert first["case"] == 0 and first["error"] == "labels or stats differ from the oracle"
+    assert first["spec"].startswith("MaskSpec(") and first["input_ids"]  # enough to reproduce
+    assert "spec" not in out["failures"][3]  # only the first three in full
+
+    merged = gpu_steps._merge([out], 4)
+    assert merged["failures"] == {"torch": 4, "triton": 0}
+    assert len(merged["first_failures"]) == 4
+
+
+def test_cases_past_the_deadline_are_counted_not_run():
+    out = gpu_steps.check_cases(4, 1, 2, "cpu", deadline=0.0)  # this part: cases 1 and 3
+    assert out["checked"] == {"torch": 0, "triton": 0} and out["left"] == 2
