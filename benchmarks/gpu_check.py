@@ -27,10 +27,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.gpu_report import Report, log  # noqa: E402  (no torch: imported before it)
 
 TOTAL_BUDGET_S = 420  # all steps (a step may overrun its budget by one part); 8 min in all
 SMOKE_BANNER = (
@@ -39,7 +42,9 @@ SMOKE_BANNER = (
 )
 
 
-def run_steps(report, steps: Sequence[tuple[str, str, float, Callable]], plan, total_s: float):
+def run_steps(
+    report: Report, steps: Sequence[tuple[str, str, float, Callable]], plan: Any, total_s: float
+) -> Report:
     """Run `steps` in order, each in its own try and budget (its own, or what is left of
     `total_s`); a step that finds the run's time spent is recorded as skipped."""
     started = time.monotonic()
@@ -89,11 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is first imported
-    sys.stdout.reconfigure(line_buffering=True)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # print as it goes, also into a pipe
 
     import torch
 
-    from benchmarks.gpu_report import Report, log
     from benchmarks.gpu_steps import STEPS, gpu_plan, smoke_plan
 
     out = Path(args.out)

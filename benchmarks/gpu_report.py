@@ -1,20 +1,21 @@
 """The GPU check's report: every step's status, checks, results and errors, as JSON and Markdown.
 
 Both files are rewritten after every step (and whenever a step saves mid-way), so a run that is
-killed or times out keeps everything measured before. A step fills a :class:`StepContext`:
+killed or times out keeps everything measured before. A step fills a :class:`StepContext`::
 
-    >>> import tempfile
-    >>> report = Report(tempfile.mkdtemp(), {"mode": "example"})
-    >>> ctx = report.start("demo", "A demo step", budget_s=10)
-    >>> ctx.check("one plus one", 1 + 1 == 2)
-    >>> ctx.result["answer"] = 2
-    >>> report.finish(ctx)
-    'ok'
+    report = Report("gpu_check_out", {"mode": "gpu"})
+    ctx = report.start("speed", "Both backends against a device copy", budget_s=90)
+    ctx.result["rows"] = [{"B x T": "64x8192", "triton us": 40.0}]
+    ctx.check("every row timed", True)
+    if ctx.out_of_budget("the remaining shapes"):
+        ...
+    report.finish(ctx)  # "ok", "failed" or "partial"; both files rewritten
 
 Status of a step: `ok` (every check passed), `failed` (a check failed or it raised: its error
 and traceback are kept), `partial` (its time budget ran out, the parts left are named),
-`skipped` (not started: the run's time was spent). Parts that cannot run where the check runs
-(CUDA graphs on a CPU, say) are listed under "not run" with the reason; they leave `ok` alone.
+`skipped` (not started: the run's time was spent); a step left `running` in the files was cut
+off by a kill. Parts that cannot run where the check runs (CUDA graphs on a CPU, say) are
+listed under "not run" with the reason; they leave `ok` alone.
 """
 
 from __future__ import annotations
