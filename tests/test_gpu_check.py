@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 
 import gpumask
-from benchmarks import gpu_steps
-from benchmarks.gpu_check import run_steps
-from benchmarks.gpu_report import Report
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # benchmarks/ is not installed: found from the checkout
+
+from benchmarks import gpu_steps  # noqa: E402
+from benchmarks.gpu_check import run_steps  # noqa: E402
+from benchmarks.gpu_report import Report  # noqa: E402
+
 STEP_NAMES = ["environment", "correctness", "graphs_compile", "speed", "training_step", "profile"]
 
 
