@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench lint
+.PHONY: setup test demo bench lint gpu-check gpu-check-example
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,3 +23,14 @@ bench: setup
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# On a GPU machine, with its own python3 (no venv, nothing installed).
+GPU_CHECK_OUT ?= gpu_check_out
+gpu-check:
+	PYTHONPATH=. python3 benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
+
+# The committed example report: a CPU smoke run.
+gpu-check-example: setup
+	PYTHONPATH=. $(PY) benchmarks/gpu_check.py --smoke --out $(GPU_CHECK_OUT)-smoke
+	cp $(GPU_CHECK_OUT)-smoke/gpu_check.json benchmarks/results/gpu_check-smoke-example.json
+	cp $(GPU_CHECK_OUT)-smoke/gpu_check.md benchmarks/results/gpu_check-smoke-example.md
