@@ -28,6 +28,7 @@ at tens of milliseconds and changes nothing in what any collator trains.
 
     python benchmarks/learns_to_stop.py            # all arms: results/learns_to_stop.{json,md,png}
     python benchmarks/learns_to_stop.py --smoke    # one arm, a few steps, a tiny model (CI)
+    python benchmarks/learns_to_stop.py --arms every_token --steps 1200 --out /tmp/longer
 """
 
 from __future__ import annotations
@@ -84,12 +85,21 @@ ARM_LABELS = {
     "gpumask": "gpumask CompletionCollator",
     "gpumask_step": 'gpumask mask_on="step" + attach',
 }
-METRICS = ("accuracy", "begins_right", "stops", "runs_on", "no_end_of_turn", "exact")
+METRICS = (
+    "accuracy",
+    "begins_right",
+    "stops",
+    "runs_on",
+    "writes_question",
+    "no_end_of_turn",
+    "exact",
+)
 METRIC_LABELS = {
     "accuracy": "answer correct",
     "begins_right": "begins with the right answer",
     "stops": "ends with <|im_end|> right after the answer",
     "runs_on": "writes a role header or a tool result",
+    "writes_question": "writes a question mark (user-turn text)",
     "no_end_of_turn": "no <|im_end|> within the token limit",
     "exact": "exact reply (correct answer, then <|im_end|>)",
 }
@@ -352,7 +362,8 @@ def score(generated: str, reply: str) -> dict[str, bool]:
     The answer is the text before the first end of turn, header or line break; `accuracy`:
     it is `reply` (spaces aside); `begins_right`: the text starts with `reply` (lenient: also
     "87" for "8"); `stops`: the end of turn comes right after the answer; `runs_on`: a role
-    header (`<|im_start|>`, or a role name ending a line) or a tool result is written.
+    header (`<|im_start|>`, or a role name ending a line) or a tool result is written;
+    `writes_question`: a "?", which only user turns have.
 
     >>> score("8<|im_end|>", "8")["stops"], score("8\\n<|im_start|>user\\n", "8")["runs_on"]
     (True, True)
@@ -363,6 +374,7 @@ def score(generated: str, reply: str) -> dict[str, bool]:
         "begins_right": generated.startswith(reply),
         "stops": generated == answer + END_OF_TURN,
         "runs_on": ROLE_HEADER.search(generated) is not None or TOOL_RESULT_KEY in generated,
+        "writes_question": "?" in generated,
         "no_end_of_turn": not generated.endswith(END_OF_TURN),
         "exact": generated == reply + END_OF_TURN,
     }
@@ -553,33 +565,46 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PLOTTED = {
+    "accuracy": "answer\ncorrect",
+    "begins_right": "begins with\nthe right answer",
+    "stops": "<|im_end|> right\nafter the answer",
+    "runs_on": "writes a role header\nor a tool result",
+    "writes_question": "writes user-turn\ntext (a '?')",
+}
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
+    """Bars: the shares of held-out replies, per arm; curves: each arm's training loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     arms = results["arms"]
-    shown = ("accuracy", "stops", "runs_on")
-    figure, (bars, curves) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (bars, curves) = plt.subplots(
+        1, 2, figsize=(13, 4.8), gridspec_kw={"width_ratios": [1.6, 1]}
+    )
     width = 0.8 / len(arms)
     for k, arm in enumerate(arms):
-        values = [arm["summary"]["all"][m] for m in shown]
-        xs = [i + (k - (len(arms) - 1) / 2) * width for i in range(len(shown))]
+        values = [arm["summary"]["all"][m] for m in PLOTTED]
+        xs = [i + (k - (len(arms) - 1) / 2) * width for i in range(len(PLOTTED))]
         bars.bar(xs, values, width, label=arm["label"])
         window = max(1, len(arm["loss"]) // 40)
         smooth = [
             sum(arm["loss"][max(0, i - window + 1) : i + 1]) / min(window, i + 1)
             for i in range(len(arm["loss"]))
         ]
-        curves.plot(smooth, label=arm["arm"])
-    bars.set_xticks(range(len(shown)), [METRIC_LABELS[m] for m in shown], fontsize=8)
-    bars.set_ylim(0, 1.05)
+        style = "--" if k == len(arms) - 1 else "-"
+        curves.plot(smooth, style, label=arm["arm"])
+    bars.set_xticks(range(len(PLOTTED)), list(PLOTTED.values()), fontsize=8)
+    bars.set_ylim(0, 1.45)
+    bars.set_yticks([0, 0.25, 0.5, 0.75, 1])
     bars.set_ylabel(f"share of {arms[0]['summary']['all']['n']} held-out replies")
-    bars.legend(fontsize=7)
+    bars.legend(fontsize=7, loc="upper center", ncol=2)
     curves.set_yscale("log")
     curves.set_xlabel("step")
-    curves.set_ylabel("training loss (each arm over its own trained tokens)")
+    curves.set_ylabel("training loss, over each arm's own trained tokens", fontsize=8)
     curves.legend(fontsize=7)
     config = results["config"]
     figure.suptitle(
@@ -603,11 +628,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="one arm, 3 steps, a tiny model")
     parser.add_argument("--arms", nargs="+", choices=ARMS, help="default: all (smoke: step)")
-    parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")
+    parser.add_argument(
+        "--out", type=Path, help="results folder (default: benchmarks/results for a full run)"
+    )
+    parser.add_argument("--steps", type=int, help=f"training steps (default {Config.steps})")
     args = parser.parse_args(argv)
     config = SMOKE if args.smoke else Config()
+    if args.steps is not None:
+        config = dataclasses.replace(config, steps=args.steps)
     arms = args.arms or (["gpumask_step"] if args.smoke else list(ARMS))
-    out = args.out if args.out is not None or args.smoke else RESULTS
+    # Only the full run writes to benchmarks/results unless told: a partial one would replace it.
+    full = not args.smoke and args.arms is None and args.steps is None
+    out = args.out if args.out is not None else (RESULTS if full else None)
     torch.set_num_threads(1)  # reproducible, and on a shared 2-core machine as fast as two
     start = time.perf_counter()
     load_start = os.getloadavg()

@@ -84,6 +84,7 @@ def test_trl_arm_is_the_setup_trl_warns_about():
             dict(accuracy=True, begins_right=True, runs_on=True, no_end_of_turn=True),
         ),
         ("8\n\n\n", dict(accuracy=True, begins_right=True, no_end_of_turn=True)),
+        ("8 greater than 2?", dict(begins_right=True, writes_question=True, no_end_of_turn=True)),
         ('8\n{"result": 3}<|im_end|>', dict(accuracy=True, begins_right=True, runs_on=True)),
         ("88user\n8", dict(begins_right=True, runs_on=True, no_end_of_turn=True)),
     ],
