@@ -1,8 +1,8 @@
 """Does completion-only masking fix the model? A small training run, four collators, one task.
 
 A tiny Llama-style causal LM with random weights (no hub) learns the synthetic chat task of
-:mod:`benchmarks.chat_task` (sums, comparisons, a lookup in the system prompt, a tool call
-whose result the next reply must use), rendered with the bundled SmolLM2 tokenizer and its
+:mod:`benchmarks.chat_task` (sums, comparisons, a lookup in a fixed table, a tool call whose
+result the next reply must use), rendered with the bundled SmolLM2 tokenizer and its
 chat template. Four arms see the same conversations in the same order, from the same initial
 weights, for the same number of steps; only the collator changes:
 
@@ -21,10 +21,10 @@ conversation up to the reply, ending with the assistant header) measures: answer
 the share of replies that end with ``<|im_end|>`` right after the answer, and the share that
 go on to write a role header (``<|im_start|>``) or a tool result.
 
-The model's embedding has one row per token id that occurs in the data (a few hundred, not
-SmolLM2's 49,152): collators and the gpumask hook see the tokenizer's real ids, and
-:class:`CompactLM` maps them in and out around the model. That keeps a step on two CPU cores
-at tens of milliseconds and changes nothing in what any collator trains.
+The model's embedding has one row per token id that occurs in the data (63 here, not
+SmolLM2's 49,152): collators and the gpumask hook (attached to the :class:`CompactLM`) see the
+tokenizer's real ids, and :class:`CompactLM` maps them in and out around the model. That keeps
+a training step near a tenth of a CPU second and changes nothing in what any collator trains.
 
     python benchmarks/learns_to_stop.py            # all arms: results/learns_to_stop.{json,md,png}
     python benchmarks/learns_to_stop.py --smoke    # one arm, a few steps, a tiny model (CI)
