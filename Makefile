@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench lint gpu-check gpu-check-example
+.PHONY: setup test demo bench experiment lint gpu-check gpu-check-example
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,9 @@ demo: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/run.py
+
+experiment: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/learns_to_stop.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
