@@ -7,7 +7,7 @@ the GPU, through the hook of :func:`gpumask.attach`.
 Example::
 
     >>> from transformers import AutoTokenizer
-    >>> tok = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")  # Qwen2.5's own
     >>> spec = MaskSpec(roles={"user": "<|im_start|>user\\n",
     ...                        "assistant": "<|im_start|>assistant\\n"},
     ...                 end_of_turn="<|im_end|>", tokenizer=tok)
