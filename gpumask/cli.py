@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpumask import display
+from gpumask import __version__, display
 from gpumask.spec import MaskSpec, MaskSpecError
 
 
@@ -183,6 +183,7 @@ def show(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the `gpumask` command."""
     top = argparse.ArgumentParser(prog="gpumask", description="Completion-only label masking.")
+    top.add_argument("--version", action="version", version=f"gpumask {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cmd = commands.add_parser(
         "show",

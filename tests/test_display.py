@@ -167,9 +167,9 @@ def test_html_page_escapes_text_and_highlights_trained_runs():
 
 
 def test_demo_conversation_trains_the_replies_and_tool_calls_only():
-    from gpumask.demo import TOKENIZER, masked_conversation
+    from gpumask.demo import load_tokenizer, masked_conversation
 
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    tok = load_tokenizer()
     _, row = masked_conversation(tok)
     runs = [text for text, trained in segments(row.ids, row.trained, tok.decode) if trained]
     assert runs == [
@@ -180,5 +180,5 @@ def test_demo_conversation_trains_the_replies_and_tool_calls_only():
         "<|im_end|>",
         "Yes: 27 °C and a 23 °C sea. Go for it.<|im_end|>",
     ]
-    assert row.n_trained == 89
-    assert row.role_tokens == {"system": 144, "user": 91, "assistant": 101, "(no role)": 9}
+    assert row.n_trained == 112
+    assert row.role_tokens == {"system": 175, "user": 103, "assistant": 128, "(no role)": 9}
