@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpumask.empty_turns import count_empty_turns, warn_empty_turns
 from gpumask.masking import mask_labels
 from gpumask.spec import MaskSpec
 
@@ -302,7 +303,9 @@ class CompletionCollator:
         max_length: truncate longer rows (on `tokenizer.truncation_side`, default right).
         ignore_index: the label of untrained tokens (Hugging Face losses skip -100 only).
         padding_side: "left" or "right"; default the tokenizer's, else right.
-        warn: warn (`NoTrainedTokensWarning`) on rows with no trained token (mask_on="batch").
+        warn: warn (mask_on="batch") on rows with no trained token (`NoTrainedTokensWarning`)
+            and on turns that train only their end-of-turn token (`EmptyTurnWarning`: what a
+            chat template that drops `tool_calls` makes of a tool-calling turn).
 
     Examples are dicts with `input_ids` (list, numpy array or tensor) and optionally
     `attention_mask`, or bare id sequences; other keys are dropped.
@@ -401,6 +404,8 @@ class CompletionCollator:
                 trained = (labels != self.ignore_index).sum(1)
             if self.warn:
                 self._report(input_ids, real, trained, role_tokens, original)
+                empty = count_empty_turns(input_ids, labels != self.ignore_index, self.spec)
+                warn_empty_turns("CompletionCollator", empty)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -3,9 +3,9 @@
 1. Renders a multi-turn tool-calling conversation with a real tokenizer and chat template,
    reads the chat format off the template (:meth:`gpumask.MaskSpec.from_tokenizer`), masks it
    and prints it with the trained tokens highlighted and the tokens per role.
-2. Collates two rows with :class:`gpumask.CompletionCollator`, one of them cut short by
-   `max_length` right after an assistant header, and shows the labels it returns and the warning about the row that trains
-   nothing.
+2. Collates two rows with :class:`gpumask.CompletionCollator`, one of them cut by
+   `max_length` right after an assistant header, and shows the labels it returns and the
+   warning about the row that trains nothing.
 
 The tokenizer ships inside the package (``gpumask/demo_data``: SmolLM2's tokenizer with
 Qwen2.5's chat template, which renders tool calls), so the demo runs from an installed
