@@ -183,9 +183,9 @@ def warn_if_nothing_trains(labels: torch.Tensor, ignore_index: int) -> None:
     rows = "the row" if batch == 1 else f"all {batch} rows"
     warnings.warn(
         f"mask_labels: no token of this [{batch}, {length}] batch trains (every label of "
-        f"{rows} is ignore_index={ignore_index}): no header of a trained role occurs, or every trained "
-        "turn is empty or masked; print(spec) and compare its markers with the token ids, or "
-        "pass return_stats=True for per-row counts",
+        f"{rows} is ignore_index={ignore_index}): no header of a trained role occurs, or "
+        "every trained turn is empty or masked; print(spec) and compare its markers with the "
+        "token ids, or pass return_stats=True for per-row counts",
         BatchTrainsNothingWarning,
         stacklevel=3,
     )
