@@ -121,3 +121,12 @@ def test_compiled_mask_labels_makes_no_check_and_no_graph_break():
     with warnings.catch_warnings():
         warnings.simplefilter("error", BatchTrainsNothingWarning)
         assert compiled(torch.tensor([[1, 10, 5, 2]])).tolist() == [[-100] * 4]
+
+
+def test_role_tokens_columns_are_spec_role_names_then_no_role():
+    spec = MaskSpec(roles={"user": [1, 10], "tool": [1, 12], "assistant": [1, 11]}, end_of_turn=[2])
+    assert spec.role_names == ("user", "tool", "assistant")
+    ids = torch.tensor([[1, 10, 5, 2, 9, 1, 11, 6, 6, 2, 1, 12, 7, 2]])
+    _, stats = mask_labels(ids, spec, return_stats=True)
+    counts = dict(zip([*spec.role_names, "(no role)"], stats["role_tokens"][0].tolist()))
+    assert counts == {"user": 4, "tool": 4, "assistant": 5, "(no role)": 1}
