@@ -7,7 +7,7 @@ the GPU, through the hook of :func:`gpumask.attach`.
 Example::
 
     >>> from transformers import AutoTokenizer
-    >>> tok = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")  # Qwen2.5's own
     >>> spec = MaskSpec(roles={"user": "<|im_start|>user\\n",
     ...                        "assistant": "<|im_start|>assistant\\n"},
     ...                 end_of_turn="<|im_end|>", tokenizer=tok)
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpumask.empty_turns import count_empty_turns, warn_empty_turns
 from gpumask.masking import mask_labels
 from gpumask.padding import (
     Row,
@@ -99,7 +100,9 @@ class CompletionCollator:
         max_length: truncate longer rows (on `tokenizer.truncation_side`, default right).
         ignore_index: the label of untrained tokens (Hugging Face losses skip -100 only).
         padding_side: "left" or "right"; default the tokenizer's, else right.
-        warn: warn (`NoTrainedTokensWarning`) on rows with no trained token (mask_on="batch").
+        warn: warn (mask_on="batch") on rows with no trained token (`NoTrainedTokensWarning`)
+            and on turns that train only their end-of-turn token (`EmptyTurnWarning`: what a
+            chat template that drops `tool_calls` makes of a tool-calling turn).
 
     Examples are dicts with `input_ids` (list, numpy array or tensor) and optionally
     `attention_mask`, or bare id sequences; other keys are dropped.
@@ -203,6 +206,8 @@ class CompletionCollator:
                     self.max_length, self.truncation_side,
                 )  # fmt: skip
                 warn_untrained("CompletionCollator", len(trained), reasons, stacklevel=3)
+                empty = count_empty_turns(input_ids, labels != self.ignore_index, self.spec)
+                warn_empty_turns("CompletionCollator", empty)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -32,8 +32,10 @@ A plain loop::
 With `Trainer`: `gpumask.attach(model, spec)`, then `Trainer(model=model,
 data_collator=CompletionCollator(tok, spec, mask_on="step"), ...)`. The Trainer sees no labels
 in the batch, so it does not count trained tokens across gradient-accumulation steps
-(`num_items_in_batch`): each micro-batch loss is a mean over its own trained tokens. Its
-evaluation loss needs labels in the batch: give the eval dataset a `mask_on="batch"` collator.
+(`num_items_in_batch`): each micro-batch loss is a mean over its own trained tokens. For an
+`eval_loss`, attach with `training_only=False` and pass `TrainingArguments(label_names=
+["input_ids"])`, so that Trainer computes the loss of evaluation batches, which carry no labels
+(the README's "Evaluation in step mode").
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import torch
 
@@ -20,6 +21,12 @@ from gpumask.spec import MaskSpec
 from gpumask.torch_backend import mask_labels_torch
 
 BACKENDS = ("auto", "torch", "triton")
+
+
+class BatchTrainsNothingWarning(UserWarning):
+    """`mask_labels` gave a batch in which no token trains (every label is `ignore_index`)."""
+
+
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -96,6 +103,28 @@ def validate_inputs(
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
 
 
+def warn_if_nothing_trains(labels: torch.Tensor, ignore_index: int) -> None:
+    """Warn (:class:`BatchTrainsNothingWarning`) when no label of the batch trains.
+
+    Reading the answer is a host sync, so :func:`mask_labels` calls this only where that costs
+    nothing: eager calls on CPU tensors, without `return_stats` (whose counts say it already).
+    On CUDA and under `torch.compile` or CUDA graphs nothing is checked; pass
+    `return_stats=True` and log `stats["trained"]`.
+    """
+    if bool((labels != ignore_index).any()):
+        return
+    batch, length = labels.shape
+    rows = "the row" if batch == 1 else f"all {batch} rows"
+    warnings.warn(
+        f"mask_labels: no token of this [{batch}, {length}] batch trains (every label of "
+        f"{rows} is ignore_index={ignore_index}): no header of a trained role occurs, or "
+        "every trained turn is empty or masked; print(spec) and compare its markers with the "
+        "token ids, or pass return_stats=True for per-row counts",
+        BatchTrainsNothingWarning,
+        stacklevel=3,
+    )
+
+
 def mask_labels(
     input_ids: torch.Tensor,
     spec: MaskSpec,
@@ -114,8 +143,11 @@ def mask_labels(
     are the same). `backend="auto"` takes the Triton
     kernel for CUDA tensors when Triton is installed, else the torch implementation; both
     give identical labels. With `return_stats=True` the result is `(labels, {"trained": [B],
-    "role_tokens": [B, n_roles + 1]})`, the last column counting real tokens in no role
-    (header tokens count with the role they open).
+    "role_tokens": [B, n_roles + 1]})`: the columns of `role_tokens` are `spec.role_names` in
+    order, then one counting real tokens in no role (header tokens count with the role they
+    open). Without `return_stats`, an eager call on CPU tensors in which no token trains
+    warns (:class:`BatchTrainsNothingWarning`); CUDA and compiled calls are not checked, as
+    that would need a host sync.
 
     Example::
 
@@ -136,5 +168,7 @@ def mask_labels(
         run = mask_labels_torch
     labels, trained, role_tokens = run(batch, spec, ignore_index, return_stats)
     if not return_stats:
+        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            warn_if_nothing_trains(labels, ignore_index)
         return labels
     return labels, {"trained": trained, "role_tokens": role_tokens}

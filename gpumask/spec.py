@@ -409,7 +409,25 @@ class MaskSpec:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **overrides: Any) -> MaskSpec:
-        """Read the chat format off `tokenizer.chat_template` (:mod:`gpumask.chat_templates`)."""
+        """Read the chat format off `tokenizer.chat_template` (:mod:`gpumask.chat_templates`).
+
+        Args:
+            tokenizer: a fast Hugging Face tokenizer with a chat template.
+            **overrides: `chat_template=` (a Jinja template to read instead of the tokenizer's
+                own), `train_tool_calls=False` (mask the assistant's tool calls), and any
+                `MaskSpec` keyword argument, which replaces what was read, e.g.
+                `last_turn_only=True` or `train_roles=("assistant", "tool")`.
+
+        It checks its result on rendered probe conversations before returning, and raises
+        :class:`MaskSpecError` naming the probe and what is missing when it cannot read the
+        format. Example::
+
+            >>> from transformers import AutoTokenizer
+            >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
+            >>> spec = MaskSpec.from_tokenizer(tok, last_turn_only=True)
+            >>> spec.role_names, spec.last_turn_only
+            (('system', 'user', 'assistant'), True)
+        """
         from gpumask.chat_templates import spec_from_tokenizer
 
         return spec_from_tokenizer(tokenizer, **overrides)

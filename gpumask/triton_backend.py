@@ -63,13 +63,14 @@ labels, except `last_turn_only`, which needs the sequence's end); a summary pass
 event position (reductions, no coverage scan); vectorised layouts (Triton picks one lane per
 thread here, so each scan runs BLOCK / (32 x warps) warp-level scans); BLOCK and num_warps.
 
-Example (on CPU, under TRITON_INTERPRET=1)::
+Example (on a CUDA device, else on the CPU under TRITON_INTERPRET=1)::
 
     >>> import torch
     >>> from gpumask import MaskSpec
+    >>> device = "cuda" if torch.cuda.is_available() else "cpu"
     >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
     >>> from gpumask.padding import Batch
-    >>> ids = torch.tensor([[1, 10, 5, 2, 1, 11, 6, 7, 2, 9]])
+    >>> ids = torch.tensor([[1, 10, 5, 2, 1, 11, 6, 7, 2, 9]], device=device)
     >>> labels, _, _ = mask_labels_triton(Batch(ids), spec, -100, False)
     >>> labels.tolist()
     [[-100, -100, -100, -100, -100, -100, 6, 7, 2, -100]]
@@ -506,8 +507,10 @@ def mask_labels_triton(
 
     Example::
 
+        >>> from gpumask import MaskSpec
+        >>> device = "cuda" if torch.cuda.is_available() else "cpu"
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
-        >>> batch = Batch(torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]]))
+        >>> batch = Batch(torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]], device=device))
         >>> mask_labels_triton(batch, spec, -100, False)[0].tolist()
         [[-100, -100, 6, 2, -100, -100, 7, 2]]
     """

@@ -1,6 +1,6 @@
 """The Triton kernel against the oracle and the torch backend.
 
-On machines without a GPU, tests/conftest.py sets TRITON_INTERPRET=1, so these kernels run in
+On machines without a GPU, the root conftest.py sets TRITON_INTERPRET=1, so these kernels run in
 Triton's interpreter on CPU tensors; with a GPU the same tests run the compiled kernels on CUDA
 tensors. The interpreter is slow per program, so rows are short and `block=16` or `32` cuts
 them into many chunks: markers, spans and turns cross chunk boundaries everywhere. Tests that
