@@ -30,13 +30,25 @@ is tokenized with character offsets, and the markers are read as token ids *in c
 
 The BOS and a default system turn (SmolLM2, Qwen) in front of the first message are not part
 of its header. A system message that the template folds into a user turn (Gemma, Mistral)
-gives no system role. Probes the template rejects (strict alternation, no system or tool role)
-are skipped; the rest must be enough, or :class:`MaskSpecError` names what was not found. The
-result is checked on every probe (assistant content trained, everything else's content
-masked) before it is returned.
+gives no system role. A header never holds an end of turn, a function name or a content; an
+end of turn may follow whitespace (Llama 2's ``reply </s>``); a reply with no header after
+tool results (DeepSeek) has their closer as its header; calls are read with dict arguments or
+JSON-string ones, whichever the template renders; tokens added to the vocabulary count as
+control tokens whether or not they are flagged special; probes are rendered at one moment
+(``strftime_now``).
+
+Never silently wrong: the format is checked (:mod:`.check`) on every probe and on a few random
+conversations of each type. A type that fails is left out and reported: `from_tokenizer`
+returns the spec for the rest and warns (:class:`TemplateWarning`), naming the type and what
+goes wrong there; replies with no end of turn give ``end_of_turn=None`` and a warning; a plain
+exchange that fails raises :class:`MaskSpecError`. Probes the template rejects (strict
+alternation, no system or tool role) are skipped. Results are cached per vocabulary and
+template: a second call costs a dictionary lookup.
 
 Example (the Qwen2.5 tokenizer and its own template)::
 
+    >>> from transformers import AutoTokenizer
+    >>> from gpumask import MaskSpec
     >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
     >>> spec = MaskSpec.from_tokenizer(tok)
     >>> spec.roles["assistant"]  # '<|im_start|>assistant\\n', and without the '\\n' it can merge
@@ -81,7 +93,9 @@ def spec_from_tokenizer(
 
     Example::
 
-        >>> spec = spec_from_tokenizer(tok, last_turn_only=True)  # Qwen2.5
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
+        >>> spec = spec_from_tokenizer(tok, last_turn_only=True)
         >>> spec.roles["assistant"], spec.last_turn_only
         (((151644, 77091, 198), (151644, 77091)), True)
     """

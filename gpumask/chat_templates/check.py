@@ -17,13 +17,16 @@ A gap with a message in it that left no anchor (an empty content) is not checked
 
 Example (the Qwen2.5 tokenizer)::
 
+    >>> from transformers import AutoTokenizer
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
     >>> spec = MaskSpec.from_tokenizer(tok)
     >>> from gpumask.chat_templates.probes import render_probes
     >>> r = render_probes(tok, None)["user, assistant"][0]
     >>> disagreements(spec, r)
     []
-    >>> disagreements(spec.replace(end_of_turn=None), r)[0]
-    "token 14 '\\n' between the assistant's content and the end would train"
+    >>> wrong = spec.replace(roles={"assistant": [[151644]]})  # '<|im_start|>', the only role
+    >>> disagreements(wrong, r)[0]
+    "token 24 'V' of the user's content would train"
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ def labels_of(spec: MaskSpec, ids: list[int]) -> list[bool]:
 
     if not ids:
         return []
-    labels = mask_labels(torch.tensor([ids]), spec, backend="torch")[0]
-    return (labels != -100).tolist()
+    labels, _ = mask_labels(torch.tensor([ids]), spec, backend="torch", return_stats=True)
+    return (labels[0] != -100).tolist()
 
 
 def disagreements(
@@ -169,6 +172,8 @@ def check_template(
 
     Example (the Qwen2.5 tokenizer)::
 
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
         >>> report = check_template(tok, n=3)
         >>> report.ok, [(t.kind, t.status) for t in report.types][:2]
         (True, [('exchange', 'agree'), ('system prompt', 'agree')])

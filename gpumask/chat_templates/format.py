@@ -139,7 +139,9 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
 
     Example::
 
-        >>> fmt = detect_chat_format(tok)   # Llama 3.1
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/llama3_1")
+        >>> fmt = detect_chat_format(tok)
         >>> [tok.decode(h) for h in fmt.headers["assistant"]]
         ['<|start_header_id|>assistant<|end_header_id|>\\n\\n']
     """
