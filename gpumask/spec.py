@@ -414,13 +414,16 @@ class MaskSpec:
         Args:
             tokenizer: a fast Hugging Face tokenizer with a chat template.
             **overrides: `chat_template=` (a Jinja template to read instead of the tokenizer's
-                own), `train_tool_calls=False` (mask the assistant's tool calls), and any
-                `MaskSpec` keyword argument, which replaces what was read, e.g.
-                `last_turn_only=True` or `train_roles=("assistant", "tool")`.
+                own), `train_tool_calls=False` (mask the assistant's tool calls),
+                `train_thinking=False` (mask reasoning blocks), and any `MaskSpec` keyword
+                argument, which replaces what was read, e.g. `last_turn_only=True` or
+                `train_roles=("assistant", "tool")`.
 
-        It checks its result on rendered probe conversations before returning, and raises
-        :class:`MaskSpecError` naming the probe and what is missing when it cannot read the
-        format. Example::
+        It checks its result on rendered probe conversations and a few random ones before
+        returning. A conversation type it cannot tell apart is left out with a
+        :class:`~gpumask.TemplateWarning` naming it (as is a format whose replies have no end
+        of turn); it raises :class:`MaskSpecError` naming the probe and what is missing when
+        it cannot read the format at all. Example::
 
             >>> from transformers import AutoTokenizer
             >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")

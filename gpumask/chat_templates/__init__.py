@@ -79,6 +79,7 @@ def spec_from_tokenizer(
     *,
     chat_template: str | None = None,
     train_tool_calls: bool = True,
+    train_thinking: bool = True,
     **overrides: Any,
 ) -> MaskSpec:
     """The `MaskSpec` of `tokenizer`'s chat template (see the module docstring).
@@ -88,6 +89,8 @@ def spec_from_tokenizer(
         chat_template: a Jinja template to read instead of `tokenizer.chat_template`.
         train_tool_calls: train the assistant's tool calls (default); False masks them as a
             span (needs a template that wraps calls in an open and a close marker).
+        train_thinking: train the reasoning blocks of replies (default); False masks them as
+            a span, from their opening text (``<think>``) through their close.
         **overrides: `MaskSpec` keyword arguments that replace what was detected, e.g.
             `last_turn_only=True`, `train_roles=("assistant", "tool")`, `masked_spans=[...]`.
 
@@ -120,13 +123,15 @@ def spec_from_tokenizer(
         raise MaskSpecError(str(chat_format))
     for message in chat_format.warnings:
         warnings.warn(message, TemplateWarning, stacklevel=3)
-    spec_key = (key, train_tool_calls, _hashable(overrides))
+    spec_key = (key, train_tool_calls, train_thinking, _hashable(overrides))
     spec = _SPECS.get(spec_key)
     if spec is None:
-        spec = chat_format.spec(tokenizer, train_tool_calls=train_tool_calls)
+        spec = chat_format.spec(
+            tokenizer, train_tool_calls=train_tool_calls, train_thinking=train_thinking
+        )
         if overrides:
             spec = spec.replace(tokenizer=tokenizer, **overrides)
-        if key[0] is not None and spec_key[2] is not None:
+        if key[0] is not None and spec_key[3] is not None:
             _SPECS[spec_key] = spec
     return spec
 

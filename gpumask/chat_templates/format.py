@@ -43,6 +43,9 @@ class ChatFormat:
     `tool_results`: where tool results live: ``"role 'tool'"``, ``"inside role 'user'"`` or
     ``"not rendered"``. `masked_spans`: (opens, closes) of tool-result wrappers inside another
     role's turn. `tool_calls_rendered`: whether the template renders tool calls at all.
+    `reasoning`: (opens, closes) around a reply's reasoning block (``<think>``...``</think>``),
+    None when the template renders none. `unsupported`: (conversation type, what goes wrong)
+    for the types the format gets wrong; `replies_end`: whether replies have an end of turn.
     """
 
     headers: dict[str, tuple[Ids, ...]]
@@ -53,6 +56,7 @@ class ChatFormat:
     tool_results: str
     unsupported: tuple[tuple[str, str], ...] = ()
     replies_end: bool = True  # the assistant's turns have an end of turn of their own
+    reasoning: tuple[tuple[Ids, ...], tuple[Ids, ...]] | None = None  # (opens, closes)
 
     @property
     def warnings(self) -> list[str]:
@@ -71,9 +75,21 @@ class ChatFormat:
             )
         return out
 
-    def spec(self, tokenizer: Any = None, *, train_tool_calls: bool = True) -> MaskSpec:
-        """The `MaskSpec` of this format (tool calls masked as a span if not `train_tool_calls`)."""
+    def spec(
+        self, tokenizer: Any = None, *, train_tool_calls: bool = True, train_thinking: bool = True
+    ) -> MaskSpec:
+        """The `MaskSpec` of this format: tool calls masked as a span if not `train_tool_calls`,
+        reasoning blocks if not `train_thinking`."""
         spans = [([list(i) for i in o], [list(i) for i in c]) for o, c in self.masked_spans]
+        if not train_thinking:
+            if self.reasoning is None:
+                raise MaskSpecError(
+                    "train_thinking=False: the template renders no reasoning block between an "
+                    "open and a close marker (probed with reasoning_content and thinking), so "
+                    "there is nothing to mask; pass masked_spans=[(open, close)] by hand"
+                )
+            opens, closes = self.reasoning
+            spans.append(([list(i) for i in opens], [list(i) for i in closes]))
         if not train_tool_calls:
             if self.tool_call is None or not self.tool_call[1]:
                 raise MaskSpecError(
@@ -267,6 +283,7 @@ def _read(d: Reader, tokenizer: Any) -> ChatFormat:
         headers=headers,
         end_of_turn=tuple(end_of_turn),
         masked_spans=(result_span,) if result_span else (),
+        reasoning=d.reasoning_span(eots, known),
         tool_call=tool_call,
         tool_calls_rendered=any(a.kind == "call" for r in tools for a in r.anchors),
         tool_results=(

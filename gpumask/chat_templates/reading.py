@@ -422,6 +422,33 @@ class Reader:
                     return gap[len(close) :].strip()
         return ""
 
+    def reasoning_span(self, eots, known) -> tuple | None:
+        """(opens, closes) around a reply's reasoning block, as tokens in context: the text
+        between the header and the reasoning, and between the reasoning and the content (or
+        the end of turn, where the reasoning is a turn of its own, as harmony's analysis)."""
+        opens: list[Ids] = []
+        closes: list[Ids] = []
+        for r in self.renderings.get("reasoning", ()):
+            k = next(k for k, a in enumerate(r.anchors) if a.kind == "reasoning")
+            a = r.anchors[k]
+            span = self.header_span(r, k, eots, known, None)
+            lo = r.offsets[span[1] - 1][1] if span else r.anchors[k - 1].end if k else 0
+            open_text = r.text[lo : a.start].strip()
+            if open_text:
+                at = r.text.rfind(open_text, lo, a.start)
+                add_alt(opens, r.cover(at, at + len(open_text)))
+            hi = r.anchors[k + 1].first if k + 1 < len(r.anchors) else len(r.ids)
+            ends = [(at, e) for e in eots["assistant"] if (at := r.find(e, a.stop, hi)) >= 0]
+            if ends:
+                add_alt(closes, min(ends)[1])
+                continue
+            nxt = r.anchors[k + 1].start if k + 1 < len(r.anchors) else len(r.text)
+            close_text = r.text[a.end : nxt].strip()
+            if close_text:
+                at = r.text.find(close_text, a.end, nxt)
+                add_alt(closes, r.cover(at, at + len(close_text)))
+        return (tuple(opens), tuple(closes)) if opens and closes else None
+
     def wrapper_span(self, open_text: str, close_text: str) -> tuple | None:
         """(opens, closes) of the text around every tool result, as tokens in context."""
         open_text, close_text = _wrapper_only(open_text, close_text)
