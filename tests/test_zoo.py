@@ -233,6 +233,11 @@ def _check(name: str, spec: MaskSpec, thinking: bool = True) -> None:
     assert int((expected != -100).sum()) > CONVERSATIONS  # the conversations do train
 
 
+def test_the_zoo_covers_every_failure_class_of_issue_10():
+    assert len(ZOO) >= 40
+    assert sorted({c for t in ZOO.values() for c in t.classes}) == list(range(1, 13))
+
+
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_outcome_is_the_one_the_spec_asks_for(name):
     t, tok = ZOO[name], load_zoo(name)
