@@ -285,3 +285,112 @@ def test_hand_written_str_markers_match_where_the_reply_merges_with_the_header()
         tokenizer=tok,
     )
     _check("chatml_qwen2_5_tools", spec)
+
+
+# Specs written by hand (markers as token ids, alternatives where a marker's last token merges
+# with the text after it): the bodies the harness expects are reachable, for templates that
+# exercise each of its rules (no end of turn, a partial template, tool results inside a reply,
+# a reply with no header after tool results, reasoning turns of their own, a text end of turn).
+HAND_WRITTEN = {
+    "falcon": (
+        {"system": ["System:"], "user": ["User:"], "assistant": ["Falcon:"]},
+        [],
+        [],
+    ),
+    "llava": ({"user": ["USER:", " USER:"], "assistant": ["ASSISTANT:", " ASSISTANT:"]}, [], []),
+    "alpaca": (
+        {
+            "user": ["### Instruction:\n", "### Instruction"],
+            "assistant": ["### Response:\n", "### Response"],
+        },
+        [],
+        [],
+    ),
+    "glm4_5_tools": (
+        {
+            "system": ["<|system|>\n", "<|system|>"],
+            "user": ["<|user|>\n", "<|user|>"],
+            "assistant": ["<|assistant|>\n<think></think>\n", "<|assistant|>\n"],
+            "tool": ["<|observation|>"],
+        },
+        [],
+        [],
+    ),
+    "phi3_mini": (
+        {"user": ["<|user|>\n", "<|user|>"], "assistant": ["<|assistant|>\n", "<|assistant|>"]},
+        ["<|end|>"],
+        [],
+    ),
+    "gemma4_tools": (
+        {"system": ["<|turn>system\n"], "user": ["<|turn>user\n"], "assistant": ["<|turn>model\n"]},
+        ["<turn|>"],
+        [(["<|tool_response>"], ["<tool_response|>"])],
+    ),
+    "deepseek_v3_tools": (
+        {
+            "user": ["<｜User｜>"],
+            "assistant": ["<｜Assistant｜>", "<｜tool▁outputs▁end｜>"],
+            "tool": ["<｜tool▁outputs▁begin｜>"],
+        },
+        ["<｜end▁of▁sentence｜>"],
+        [],
+    ),
+    "llama2_inst_sys": ({"user": ["[INST]"], "assistant": ["[/INST]"]}, ["</s>"], []),
+    "command_a_tools": (
+        {
+            "system": ["<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>"],
+            "user": ["<|START_OF_TURN_TOKEN|><|USER_TOKEN|>"],
+            "assistant": [
+                "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_RESPONSE|>",
+                "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|><|START_THINKING|>",
+                "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+            ],
+        },
+        ["<|END_OF_TURN_TOKEN|>"],
+        [],
+    ),
+    "gpt_oss_harmony": (
+        {
+            "system": ["<|start|>system<|message|>"],
+            "developer": ["<|start|>developer<|message|>"],
+            "user": ["<|start|>user<|message|>"],
+            "assistant": ["<|start|>assistant<|channel|>final<|message|>", "<|start|>assistant"],
+        },
+        ["<|end|>", "<|return|>"],
+        [],
+    ),
+    "dolly": (
+        {
+            "user": ["### Instruction:\n", "### Instruction"],
+            "assistant": ["### Response:\n", "### Response"],
+        },
+        ["### End"],
+        [],
+    ),
+    "olmo2": (
+        {
+            "system": ["<|system|>\n", "<|system|"],
+            "user": ["<|user|>\n", "<|user|"],
+            "assistant": ["<|assistant|>\n", "<|assistant|"],
+            "tool": ["<|tool|>\n", "<|tool|"],
+        },
+        ["<|endoftext|>"],
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HAND_WRITTEN))
+def test_the_expected_bodies_are_what_a_hand_written_spec_trains(name):
+    tok = load_zoo(name)
+    roles, end_of_turn, spans = HAND_WRITTEN[name]
+
+    def ids(texts: list[str]) -> list[list[int]]:
+        return [tok.encode(text, add_special_tokens=False) for text in texts]
+
+    spec = MaskSpec(
+        roles={role: ids(alternatives) for role, alternatives in roles.items()},
+        end_of_turn=ids(end_of_turn) or None,
+        masked_spans=[(ids(opens), ids(closes)) for opens, closes in spans],
+    )
+    _check(name, spec)
