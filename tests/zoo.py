@@ -52,12 +52,12 @@ class Template:
     Rendering fields (read off the template text): `eot` is the text that ends an assistant
     turn (several: whichever comes first; None: nothing does, the next header ends a reply,
     and `headers` lists the texts a header starts with); `call_open` the text a tool call
-    starts with; `reply_prefix` text the template writes in front of every reply's content
-    (Llama 2's space after ``[/INST]``); `think` the texts a rendered reasoning block starts
-    and ends with (``<think>``, ``</think>``), with `reasoning_turns` when it is an assistant
-    turn of its own
-    (harmony's analysis channel); `inline_results` the wrapper of a tool result rendered
-    inside the assistant's turn.
+    starts with; `reply_prefix` the text the template writes between a header and a reply's
+    content that the generation prompt lacks (Llama 2's space after ``[/INST]``); `think`
+    the texts a rendered reasoning block starts and ends with (``<think>``, ``</think>``),
+    and `reasoning_turns` when that block is an assistant turn of its own (harmony's analysis
+    channel); `inline_results` the wrapper of a tool result rendered inside the assistant's
+    turn.
     """
 
     name: str
@@ -78,14 +78,14 @@ class Template:
     arguments: str = "dict"  # tool-call arguments it accepts: "dict", "string" or "both"
     call_open: str = ""
     call_content: bool = True  # renders an assistant's content beside its calls
-    calls_without_content: bool = True  # renders a call whose content is None
     max_calls: int = 2
     quotes_tool_results: bool = False  # tool results rendered as JSON strings
     inline_results: tuple[str, str] | None = None
     think: tuple[str, str] | None = None  # a rendered reasoning block: (open, close)
-    reasoning_turns: bool = False
+    reasoning_turns: bool = False  # the reasoning block is an assistant turn of its own
     trims: bool = False  # strips whitespace around contents
-    reply_prefix: str = ""
+    reply_prefix: str = ""  # trains with the reply
+    classes: tuple[int, ...] = ()  # the failure classes of issue 10 it exercises
 
     def __post_init__(self):
         assert self.expected in OUTCOMES, self.expected
@@ -110,7 +110,7 @@ class Template:
             "consecutive user turns": not self.alternating,
             "consecutive replies": not self.alternating,
             "tool call": self.tools == "calls",
-            "tool call without content": self.tools == "calls" and self.calls_without_content,
+            "tool call without content": self.tools == "calls",
             "several tool calls": self.tools == "calls" and self.max_calls > 1,
             "reply after a tool result": bool(self.tools),
             "reasoning": bool(self.think) or self.reasoning_turns,
@@ -189,6 +189,7 @@ ZOO = {
             "<|im_end|>",
             tools="calls",
             call_open="<tool_call>",
+            classes=(12,),
         ),
         Template(
             "qwen3_think",
@@ -208,6 +209,7 @@ ZOO = {
             "<|im_end|>",
             tools="calls",
             call_open="<tool_call>",
+            classes=(4,),
         ),
         Template(
             "llama2_inst_sys",
@@ -217,6 +219,7 @@ ZOO = {
             alternating=True,
             reply_prefix=" ",
             trims=True,
+            classes=(6, 7),
         ),
         Template("llama3", "Llama 3 Instruct", LLAMA3, "<|eot_id|>", trims=True, tools="results"),
         Template(
@@ -231,6 +234,7 @@ ZOO = {
             max_calls=1,
             quotes_tool_results=True,
             trims=True,
+            classes=(2,),
         ),
         Template(
             "llama3_2_dated",
@@ -238,6 +242,7 @@ ZOO = {
             LLAMA3,
             "<|eot_id|>",
             trims=True,
+            classes=(11,),
         ),
         Template(
             "llama3_2_clock",
@@ -245,6 +250,7 @@ ZOO = {
             LLAMA3,
             "<|eot_id|>",
             trims=True,
+            classes=(11,),
         ),
         Template(
             "mistral_v1",
@@ -266,6 +272,7 @@ ZOO = {
             call_content=False,
             reply_prefix=" ",
             trims=True,
+            classes=(7,),
         ),
         Template(
             "mistral_v7_tekken",
@@ -276,6 +283,7 @@ ZOO = {
             excluded="consecutive replies",
             special=("<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"),
             **LLAMA_EOS,
+            classes=(8,),
         ),
         Template(
             "mixtral_8x22b",
@@ -285,6 +293,7 @@ ZOO = {
             special=("[INST]", "[/INST]"),
             alternating=True,
             reply_prefix=" ",
+            classes=(7,),
         ),
         Template(
             "gemma2",
@@ -314,6 +323,7 @@ ZOO = {
             excluded="consecutive replies",
             special=PHI3,
             system=False,
+            classes=(7, 8),
         ),
         Template(
             "phi3_5",
@@ -352,6 +362,7 @@ ZOO = {
             arguments="string",
             call_open="<｜tool▁calls▁begin｜>",
             **DEEPSEEK,
+            classes=(1, 2, 3),
         ),
         Template(
             "command_r",
@@ -360,6 +371,7 @@ ZOO = {
             "<|END_OF_TURN_TOKEN|>",
             special=COHERE,
             bos="<BOS_TOKEN>",
+            classes=(5,),
         ),
         Template(
             "command_a_tools",
@@ -372,6 +384,7 @@ ZOO = {
             tools="calls",
             call_open="<|START_ACTION|>",
             quotes_tool_results=True,
+            classes=(5,),
         ),
         Template(
             "exaone3_5",
@@ -393,6 +406,7 @@ ZOO = {
             think=THINK,
             trims=True,
             plain=THINK,
+            classes=(4,),
         ),
         Template(
             "granite3_tools",
@@ -402,6 +416,7 @@ ZOO = {
             special=GRANITE,
             tools="calls",
             call_open="<|tool_call|>",
+            classes=(11,),
         ),
         Template(
             "falcon",
@@ -411,6 +426,7 @@ ZOO = {
             expected="no end of turn",
             headers=("System:", "User:", "Falcon:"),
             reply_prefix=" ",
+            classes=(9,),
         ),
         Template(
             "solar",
@@ -419,6 +435,7 @@ ZOO = {
             None,
             expected="no end of turn",
             headers=("### System:", "### User:", "### Assistant:"),
+            classes=(9,),
         ),
         Template(
             "chatqa",
@@ -428,6 +445,7 @@ ZOO = {
             expected="no end of turn",
             headers=("System:", "User:", "Assistant:"),
             reply_prefix=" ",
+            classes=(9,),
         ),
         Template(
             "amberchat",
@@ -437,6 +455,7 @@ ZOO = {
             expected="no end of turn",
             headers=("###Human:", "###Assistant:"),
             reply_prefix=" ",
+            classes=(9,),
         ),
         Template(
             "llava",
@@ -446,6 +465,7 @@ ZOO = {
             expected="no end of turn",
             headers=("USER:", "ASSISTANT:"),
             reply_prefix=" ",
+            classes=(9,),
         ),
         Template(
             "metharme",
@@ -455,6 +475,7 @@ ZOO = {
             expected="no end of turn",
             plain=("<|system|>", "<|user|>", "<|model|>"),
             headers=("<|system|>", "<|user|>", "<|model|>"),
+            classes=(1, 9),
         ),
         Template(
             "alpaca",
@@ -463,6 +484,7 @@ ZOO = {
             None,
             expected="no end of turn",
             headers=("### Instruction:", "### Response:"),
+            classes=(9,),
         ),
         Template(
             "chatglm4",
@@ -473,6 +495,7 @@ ZOO = {
             special=GLM,
             tools="results",
             headers=("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+            classes=(9,),
         ),
         Template(
             "glm4_5_tools",
@@ -486,6 +509,7 @@ ZOO = {
             think=THINK,
             trims=True,
             headers=("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+            classes=(9,),
         ),
         Template(
             "nemotron4",
@@ -496,6 +520,7 @@ ZOO = {
             expected="no end of turn",
             special=("<extra_id_0>", "<extra_id_1>"),
             headers=("<extra_id_0>", "<extra_id_1>"),
+            classes=(9,),
         ),
         Template(
             "kimi_k2_tools",
@@ -506,6 +531,7 @@ ZOO = {
             tools="calls",
             arguments="both",
             call_open="<|tool_calls_section_begin|>",
+            classes=(2,),
         ),
         Template(
             "gpt_oss_harmony",
@@ -529,6 +555,7 @@ ZOO = {
             inline_results=("<|tool_response>", "<tool_response|>"),
             think=("<|channel>", "<channel|>"),
             trims=True,
+            classes=(8, 10),
         ),
         Template(
             "deepseek_r1",
@@ -539,6 +566,7 @@ ZOO = {
             plain=DEEPSEEK_CHAT[:2] + THINK,
             think=THINK,
             **DEEPSEEK,
+            classes=(1,),
         ),
         Template(
             "internlm2",
@@ -560,6 +588,7 @@ ZOO = {
             excluded="consecutive replies",
             special=("<用户>", "<AI>"),
             trims=True,
+            classes=(8,),
         ),
         Template(
             "jamba",
@@ -571,6 +600,7 @@ ZOO = {
             trims=True,
             reply_prefix=" ",
             tools="results",
+            classes=(7,),
         ),
         Template(
             "olmo2",
@@ -588,6 +618,7 @@ ZOO = {
             "<|im_end|>",
             special=CHATML,
             think=THINK,
+            classes=(11,),
         ),
         Template(
             "aya_expanse",
@@ -634,6 +665,7 @@ ZOO = {
             "Dolly v2 ('### Instruction:' / '### Response:', the text '### End')",
             LLAMA3,
             "### End",
+            classes=(6,),
         ),
         Template(
             "gpt2_default",
