@@ -118,7 +118,7 @@ def is_id_list(value: Any) -> bool:
     )
 
 
-def _encode_in_context(tokenizer: Any, text: str) -> list[tuple[int, ...]]:
+def encode_in_context(tokenizer: Any, text: str) -> list[tuple[int, ...]]:
     """Every distinct tokenization of `text` as it appears after each of `CONTEXTS`, and
     before each of `RIGHT_CONTEXTS`.
 
@@ -174,7 +174,7 @@ def _alternatives(value: Any, what: str, tokenizer: Any) -> list[tuple[int, ...]
                     f"{what}: marker {item!r} is a str; pass tokenizer= to "
                     "encode it, or give token ids"
                 )
-            encoded = _encode_in_context(tokenizer, item)
+            encoded = encode_in_context(tokenizer, item)
             if not encoded:
                 raise MaskSpecError(f"{what}: marker {item!r} encodes to no tokens")
             out.extend(e for e in encoded if e not in out)

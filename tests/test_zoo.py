@@ -219,7 +219,12 @@ def _check(name: str, spec: MaskSpec, thinking: bool = True) -> None:
         attention_mask[row, : len(ids)] = 1
         trained = torch.tensor(_expected(offsets, bodies, holes), dtype=torch.bool)
         expected[row, : len(ids)] = torch.where(trained, torch.tensor(ids), -100)
+        if not thinking:  # a token shared by a reasoning block's close and the reply: either
+            for at, (s, e) in enumerate(offsets):
+                if any(s < hi < e for _, hi in holes):
+                    expected[row, at] = -101
     labels = mask_labels(input_ids, spec, attention_mask=attention_mask)
+    expected = torch.where(expected == -101, labels, expected)
     wrong = (labels != expected).nonzero().tolist()
     if wrong:
         row, at = wrong[0]

@@ -43,8 +43,9 @@ class ChatFormat:
     `tool_results`: where tool results live: ``"role 'tool'"``, ``"inside role 'user'"`` or
     ``"not rendered"``. `masked_spans`: (opens, closes) of tool-result wrappers inside another
     role's turn. `tool_calls_rendered`: whether the template renders tool calls at all.
-    `reasoning`: (opens, closes) around a reply's reasoning block (``<think>``...``</think>``),
-    None when the template renders none. `unsupported`: (conversation type, what goes wrong)
+    `reasoning`: (opens, closes, is a turn) around a reply's reasoning block (``<think>``...
+    ``</think>``; harmony's analysis channel is a turn of its own, opened by its header), None
+    when the template renders none. `unsupported`: (conversation type, what goes wrong)
     for the types the format gets wrong; `replies_end`: whether replies have an end of turn.
     """
 
@@ -56,7 +57,7 @@ class ChatFormat:
     tool_results: str
     unsupported: tuple[tuple[str, str], ...] = ()
     replies_end: bool = True  # the assistant's turns have an end of turn of their own
-    reasoning: tuple[tuple[Ids, ...], tuple[Ids, ...]] | None = None  # (opens, closes)
+    reasoning: tuple[tuple[Ids, ...], tuple[Ids, ...], bool] | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -88,8 +89,9 @@ class ChatFormat:
                     "open and a close marker (probed with reasoning_content and thinking), so "
                     "there is nothing to mask; pass masked_spans=[(open, close)] by hand"
                 )
-            opens, closes = self.reasoning
-            spans.append(([list(i) for i in opens], [list(i) for i in closes]))
+            opens, closes, turn = self.reasoning
+            if not turn:
+                spans.append(([list(i) for i in opens], [list(i) for i in closes]))
         if not train_tool_calls:
             if self.tool_call is None or not self.tool_call[1]:
                 raise MaskSpecError(
@@ -105,8 +107,11 @@ class ChatFormat:
                 )
             opens, closes = self.tool_call
             spans.append(([list(i) for i in opens], [list(i) for i in closes]))
+        roles = {role: [list(i) for i in alts] for role, alts in self.headers.items()}
+        if not train_thinking and self.reasoning[2]:  # reasoning turns: a role that never trains
+            roles["reasoning"] = [list(i) for i in self.reasoning[0]]
         return MaskSpec(
-            roles={role: [list(i) for i in alts] for role, alts in self.headers.items()},
+            roles=roles,
             end_of_turn=[list(i) for i in self.end_of_turn] or None,
             masked_spans=spans,
             tokenizer=tokenizer,

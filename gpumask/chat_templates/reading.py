@@ -15,7 +15,7 @@ from gpumask.chat_templates.probes import (
     Rendering,
     render_probes,
 )
-from gpumask.spec import MaskSpecError
+from gpumask.spec import MaskSpecError, encode_in_context
 
 
 def closes_json(r: Rendering, i: int) -> bool:
@@ -423,31 +423,38 @@ class Reader:
         return ""
 
     def reasoning_span(self, eots, known) -> tuple | None:
-        """(opens, closes) around a reply's reasoning block, as tokens in context: the text
-        between the header and the reasoning, and between the reasoning and the content (or
-        the end of turn, where the reasoning is a turn of its own, as harmony's analysis)."""
+        """(opens, closes, is a turn) around a reply's reasoning block, as tokens in context
+        and in the contexts of other text: the text between the header and the reasoning, and
+        between the reasoning and the content. Where the reasoning is a turn of its own
+        (harmony's analysis channel, which ends with an end of turn), the opens are that
+        turn's headers and there are no closes."""
         opens: list[Ids] = []
         closes: list[Ids] = []
+        turn = False
         for r in self.renderings.get("reasoning", ()):
             k = next(k for k, a in enumerate(r.anchors) if a.kind == "reasoning")
             a = r.anchors[k]
             span = self.header_span(r, k, eots, known, None)
             lo = r.offsets[span[1] - 1][1] if span else r.anchors[k - 1].end if k else 0
-            open_text = r.text[lo : a.start].strip()
-            if open_text:
-                at = r.text.rfind(open_text, lo, a.start)
-                add_alt(opens, r.cover(at, at + len(open_text)))
             hi = r.anchors[k + 1].first if k + 1 < len(r.anchors) else len(r.ids)
             ends = [(at, e) for e in eots["assistant"] if (at := r.find(e, a.stop, hi)) >= 0]
-            if ends:
-                add_alt(closes, min(ends)[1])
+            open_text = r.text[lo : a.start].strip()
+            if ends and span:  # a turn of its own: its header, through the reasoning's opening
+                end = r.text.rfind(open_text, lo, a.start) + len(open_text)
+                add_alt(opens, r.cover(r.offsets[span[0]][0], end))
+                turn = True
                 continue
             nxt = r.anchors[k + 1].start if k + 1 < len(r.anchors) else len(r.text)
             close_text = r.text[a.end : nxt].strip()
-            if close_text:
-                at = r.text.find(close_text, a.end, nxt)
-                add_alt(closes, r.cover(at, at + len(close_text)))
-        return (tuple(opens), tuple(closes)) if opens and closes else None
+            for text, found, where in ((open_text, opens, lo), (close_text, closes, a.end)):
+                if text:
+                    at = r.text.find(text, where)
+                    add_alt(found, r.cover(at, at + len(text)))
+                    for alt in encode_in_context(self.tokenizer, text):  # as in other text
+                        add_alt(found, alt)
+        if not (opens and (closes or turn)):
+            return None
+        return tuple(opens), tuple(closes), turn
 
     def wrapper_span(self, open_text: str, close_text: str) -> tuple | None:
         """(opens, closes) of the text around every tool result, as tokens in context."""
