@@ -57,17 +57,17 @@ MASK_ON = ("batch", "step")
 
 def mask_batch(
     input_ids: np.ndarray, attention_mask: np.ndarray, spec: MaskSpec, ignore_index: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels of a padded batch, trained tokens per row (`[B]`), and per-row token counts by
-    role (`[B, R + 1]`, the last column for tokens in no role), to say why a row has no
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Labels of a padded batch and the stats of :func:`gpumask.mask_labels` as numpy arrays
+    (trained tokens, tokens per role, dropped turns per row), to say why a row has no
     trained token. `attention_mask` is nonzero (or True: no conversion) at real tokens.
 
     Example::
 
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
         >>> ids = np.array([[1, 11, 5, 2], [1, 10, 5, 2]])
-        >>> labels, trained, role_tokens = mask_batch(ids, np.ones_like(ids), spec, -100)
-        >>> labels.tolist(), trained.tolist(), role_tokens.tolist()
+        >>> labels, stats = mask_batch(ids, np.ones_like(ids), spec, -100)
+        >>> labels.tolist(), stats["trained"].tolist(), stats["role_tokens"].tolist()
         ([[-100, -100, 5, 2], [-100, -100, -100, -100]], [2, 0], [[0, 4, 0], [4, 0, 0]])
     """
     labels, stats = mask_labels(
@@ -77,10 +77,7 @@ def mask_batch(
         ignore_index=ignore_index,
         return_stats=True,
     )
-    return labels.numpy(), stats["trained"].numpy(), stats["role_tokens"].numpy()
-
-
-# --- the collator -------------------------------------------------------------------------
+    return labels.numpy(), {key: value.numpy() for key, value in stats.items()}
 
 
 class CompletionCollator:
@@ -195,17 +192,17 @@ class CompletionCollator:
         )
         labels = None
         if self.mask_on == "batch":
-            labels, trained, role_tokens = mask_batch(input_ids, real, self.spec, self.ignore_index)
+            labels, stats = mask_batch(input_ids, real, self.spec, self.ignore_index)
             if self.padding_free:
                 starts = torch.from_numpy(first_tokens(keep))
                 not_a_target_at_starts(torch.from_numpy(labels), starts, self.ignore_index)
-                trained = (labels != self.ignore_index).sum(1)
+                stats["trained"] = (labels != self.ignore_index).sum(1)
             if self.warn:
                 reasons = row_reasons(
-                    self.spec, input_ids, real, trained, role_tokens, original,
-                    self.max_length, self.truncation_side,
+                    self.spec, input_ids, real, stats, original, self.max_length,
+                    self.truncation_side,
                 )  # fmt: skip
-                warn_untrained("CompletionCollator", len(trained), reasons, stacklevel=3)
+                warn_untrained("CompletionCollator", len(labels), reasons, stacklevel=3)
                 empty = count_empty_turns(input_ids, labels != self.ignore_index, self.spec)
                 warn_empty_turns("CompletionCollator", empty)
         if self.padding_free:

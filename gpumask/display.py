@@ -27,17 +27,20 @@ from __future__ import annotations
 import dataclasses
 import html
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from gpumask.masking import mask_labels
 from gpumask.padding import pad_rows
-from gpumask.reports import NO_ROLE, explain_untrained
+from gpumask.reports import NO_ROLE, dropped_reason, explain_untrained
 from gpumask.spec import MaskSpec
 
 TRAINED_ANSI, OTHER_ANSI, RESET_ANSI = "\x1b[1;30;42m", "\x1b[2m", "\x1b[0m"
+DROPPED_ANSI = "\x1b[9;31m"  # struck through, red: a turn that tool_call_turns dropped
 TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
+DROPPED_OPEN, DROPPED_CLOSE = "~~", "~~"
 CHUNK_TOKENS = 2**20  # padded tokens per batch in mask_rows
 # Context decoded before a run of tokens, so that a run's text is what it adds to its context
 # (SentencePiece leading spaces, characters split over byte-level tokens).
@@ -52,12 +55,16 @@ class MaskedRow:
 
     `role_tokens` counts the row's tokens by role (a header's tokens count with the role it
     opens; `"(no role)"` counts tokens outside any turn). `reason` is None when a token trains.
+    `dropped` marks the tokens of the turns that `tool_call_turns` dropped (rule 5; empty
+    without them), `dropped_note` says how many turns and why.
     """
 
     ids: tuple[int, ...]
     trained: tuple[bool, ...]
     role_tokens: dict[str, int]
     reason: str | None
+    dropped: tuple[bool, ...] = ()
+    dropped_note: str | None = None
 
     @property
     def n_trained(self) -> int:
@@ -91,28 +98,50 @@ def mask_rows(rows: Sequence[Sequence[int]], spec: MaskSpec) -> list[MaskedRow]:
 def _mask_batch(rows: list[list[int]], spec: MaskSpec) -> list[MaskedRow]:
     length = max(1, max(len(row) for row in rows))
     ids, keep = pad_rows([np.array(row, dtype=np.int64) for row in rows], length, 0, "right")
-    labels, stats = mask_labels(
-        torch.from_numpy(ids), spec, attention_mask=torch.from_numpy(keep), return_stats=True
-    )
+    ids, keep = torch.from_numpy(ids), torch.from_numpy(keep)
+    labels, stats = mask_labels(ids, spec, attention_mask=keep, return_stats=True)
+    dropped = _dropped_tokens(ids, keep, spec)
     names = [*spec.role_names, NO_ROLE]
     out = []
     for b, row in enumerate(rows):
         trained = tuple(bool(x) for x in (labels[b, : len(row)] != -100).tolist())
         counts = dict(zip(names, stats["role_tokens"][b].tolist(), strict=True))
         reason = None if any(trained) else explain_untrained(row, spec, counts)
-        out.append(MaskedRow(tuple(row), trained, counts, reason))
+        n_dropped = int(stats["dropped_turns"][b])
+        note = dropped_reason(spec, n_dropped) if n_dropped else None
+        row_dropped = () if dropped is None else tuple(dropped[b, : len(row)].tolist())
+        out.append(MaskedRow(tuple(row), trained, counts, reason, row_dropped, note))
     return out
 
 
-def segments(ids: Sequence[int], trained: Sequence[bool], decode: Decode) -> list[tuple[str, bool]]:
-    """The row's text cut into runs of trained and untrained tokens: `[(text, trained), ...]`.
+def _dropped_tokens(ids: torch.Tensor, keep: torch.Tensor, spec: MaskSpec):
+    """The tokens that train but for `tool_call_turns` (bool `[B, T]`), or None without it:
+    the spec with and without rule 5, rule 6 left out and the same draws for rule 7."""
+    if spec.tool_call_turns == "train":
+        return None
+    labels = [
+        mask_labels(
+            ids,
+            spec.replace(tool_call_turns=mode, last_turn_only=False),
+            attention_mask=keep,
+            generator=torch.Generator().manual_seed(0),
+        )
+        != -100
+        for mode in ("train", spec.tool_call_turns)
+    ]
+    return labels[0] & ~labels[1]
+
+
+def segments(ids: Sequence[int], trained: Sequence, decode: Decode) -> list[tuple[str, Any]]:
+    """The row's text cut into runs of tokens of the same kind (`trained[t]`: trained or not,
+    or any other label per token): `[(text, kind), ...]`.
 
     Example::
 
         >>> segments([5, 6, 7], [False, True, True], lambda ids: "".join(map(str, ids)))
         [('5', False), ('67', True)]
     """
-    return [(text, bool(key)) for text, key in runs(ids, trained, decode)]
+    return runs(ids, trained, decode)
 
 
 def runs(ids: Sequence[int], keys: Sequence, decode: Decode) -> list[tuple[str, object]]:
@@ -169,14 +198,25 @@ def _ansi(text: str, style: str) -> str:
     return "\n".join(f"{style}{line}{RESET_ANSI}" if line else "" for line in text.split("\n"))
 
 
+def _kinds(row: MaskedRow) -> list[str]:
+    """Per token: "trained", "dropped" (its turn dropped by `tool_call_turns`) or ""."""
+    dropped = row.dropped or (False,) * len(row.ids)
+    return ["trained" if t else "dropped" if d else "" for t, d in zip(row.trained, dropped)]
+
+
 def format_row(row: MaskedRow, decode: Decode, color: bool = True) -> str:
-    """The row's text with trained tokens highlighted (ANSI), or between [[ ]] without colour."""
+    """The row's text with trained tokens highlighted (ANSI), or between [[ ]] without colour;
+    the tokens of turns that `tool_call_turns` dropped struck through in red, or between ~~ ~~.
+    """
+    styles = {"trained": TRAINED_ANSI, "dropped": DROPPED_ANSI, "": OTHER_ANSI}
+    marks = {"trained": (TRAINED_OPEN, TRAINED_CLOSE), "dropped": (DROPPED_OPEN, DROPPED_CLOSE)}
     parts = []
-    for text, trained in segments(row.ids, row.trained, decode):
+    for text, kind in segments(row.ids, _kinds(row), decode):
         if color:
-            parts.append(_ansi(text, TRAINED_ANSI if trained else OTHER_ANSI))
+            parts.append(_ansi(text, styles[kind]))
         else:
-            parts.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
+            opening, closing = marks.get(kind, ("", ""))
+            parts.append(f"{opening}{text}{closing}")
     return "".join(parts)
 
 
@@ -193,7 +233,8 @@ def row_heading(row: MaskedRow, name: str) -> str:
     share = f" ({100 * row.n_trained / total:.1f}%)" if total else ""
     roles = ", ".join(f"{role} {n}" for role, n in row.role_tokens.items() if n)
     text = f"{name}: {row.n_trained} of {total} tokens trained{share}"
-    return f"{text}; {roles}" if roles else text
+    text = f"{text}; {roles}" if roles else text
+    return f"{text}; {row.dropped_note}" if row.dropped_note else text
 
 
 def totals(rows: Sequence[MaskedRow]) -> dict[str, int]:
@@ -281,8 +322,10 @@ def html_page(
     for name, row in zip(names, rows, strict=True):
         roles = token_roles(row.ids, spec) if spec is not None else (None,) * len(row.ids)
         spans = []
-        for text, (role, trained) in runs(row.ids, list(zip(roles, row.trained)), decode):
-            classes = _role_class(role, role_names) + (" t" if trained else "")
+        for text, (role, kind) in runs(row.ids, list(zip(roles, _kinds(row))), decode):
+            classes = _role_class(role, role_names) + {"trained": " t", "dropped": " d"}.get(
+                kind, ""
+            )
             label = html.escape(role or "no role", quote=True)
             spans.append(f"<span class='{classes}' title='{label}'>{html.escape(text)}</span>")
         body.append(f"<h2>{html.escape(row_heading(row, name))}</h2><pre>{''.join(spans)}</pre>")
@@ -293,7 +336,8 @@ def html_page(
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}"
         "pre{white-space:pre-wrap;background:#f6f8fa;padding:1em;border-radius:6px;color:#777}"
         "pre.summary,pre.spec{color:#000}.r-none{color:#999}" + colours + ""
-        ".t{background:#b7f0b1;font-weight:600}.legend span{margin-right:1em}"
+        ".t{background:#b7f0b1;font-weight:600}.d{text-decoration:line-through;color:#b00}"
+        ".legend span{margin-right:1em}"
         ".why{color:#b00}h2{font-size:1em}"
     )
     return (

@@ -55,8 +55,9 @@ _MASK_KWARGS = ("ignore_index", "generator", "backend")
 class MaskingHook:
     """The forward pre-hook `attach` registers; `remove()` (or `detach(model)`) takes it off.
 
-    `last_stats` holds `{"trained": [B], "role_tokens": [B, R + 1]}` of the last masked call
-    when attached with `stats=True` (tensors on the model's device, never synchronised).
+    `last_stats` holds the stats of the last masked call (`trained`, `role_tokens`,
+    `dropped_turns`, as :func:`gpumask.mask_labels` gives them) when attached with
+    `stats=True` (tensors on the model's device, never synchronised).
     """
 
     def __init__(

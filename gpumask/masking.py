@@ -140,14 +140,18 @@ def mask_labels(
 
     Runs where the tensors are, with no host-device synchronisation and static shapes (the
     torch backend picks faster paths for eager CPU calls, where neither matters; the labels
-    are the same). `backend="auto"` takes the Triton
-    kernel for CUDA tensors when Triton is installed, else the torch implementation; both
-    give identical labels. With `return_stats=True` the result is `(labels, {"trained": [B],
-    "role_tokens": [B, n_roles + 1]})`: the columns of `role_tokens` are `spec.role_names` in
-    order, then one counting real tokens in no role (header tokens count with the role they
-    open). Without `return_stats`, an eager call on CPU tensors in which no token trains
-    warns (:class:`BatchTrainsNothingWarning`); CUDA and compiled calls are not checked, as
-    that would need a host sync.
+    are the same). `backend="auto"` takes the Triton kernel for CUDA tensors when Triton is
+    installed, else the torch implementation; both give identical labels.
+
+    With `return_stats=True` the result is `(labels, stats)`, never synchronised, int64 on
+    the ids' device: `stats["trained"]` `[B]`, trained tokens per row;
+    `stats["role_tokens"]` `[B, n_roles + 1]`, real tokens per role (header tokens count
+    with the role they open; the last column counts tokens in no role);
+    `stats["dropped_turns"]` `[B]`, turns of a trained role that `tool_call_turns` dropped
+    (rule 5: with "mask" the turns that call a tool, with "only" the others; 0 with "train").
+    Without `return_stats`, an eager call on CPU tensors in which no token trains warns
+    (:class:`BatchTrainsNothingWarning`); CUDA and compiled calls are not checked, as that
+    would need a host sync.
 
     Example::
 
@@ -166,9 +170,9 @@ def mask_labels(
         from gpumask.triton_backend import mask_labels_triton as run
     else:
         run = mask_labels_torch
-    labels, trained, role_tokens = run(batch, spec, ignore_index, return_stats)
-    if not return_stats:
-        if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
-            warn_if_nothing_trains(labels, ignore_index)
-        return labels
-    return labels, {"trained": trained, "role_tokens": role_tokens}
+    labels, stats = run(batch, spec, ignore_index, return_stats)
+    if return_stats:
+        return labels, stats
+    if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+        warn_if_nothing_trains(labels, ignore_index)
+    return labels

@@ -49,11 +49,13 @@ def untrained_reason(
     original_length: int | None = None,
     max_length: int | None = None,
     truncation_side: str = "right",
+    dropped_turns: int = 0,
 ) -> str:
     """Why a row (its real tokens `row_ids`) has no trained token, in words.
 
-    `role_tokens` is the row of `stats["role_tokens"]` from `mask_labels(..., return_stats=True)`;
-    `original_length` is the row's length before truncation to `max_length`, if it was cut.
+    `role_tokens` and `dropped_turns` are the row's `stats["role_tokens"]` and
+    `stats["dropped_turns"]` from `mask_labels(..., return_stats=True)`; `original_length`
+    is the row's length before truncation to `max_length`, if it was cut.
 
     Example::
 
@@ -77,6 +79,8 @@ def untrained_reason(
         if role is not None:
             return f"{cut} inside a header of {role!r}"
         return f"{cut}, no header of a trained role ({names}) left"
+    if dropped_turns:
+        return dropped_reason(spec, dropped_turns)
     if truncated:
         return f"{cut}, nothing of the reply left after the header"
     return (
@@ -85,37 +89,63 @@ def untrained_reason(
     )
 
 
+def dropped_reason(spec: MaskSpec, dropped_turns: int) -> str:
+    """That `dropped_turns` turns of a row were dropped by `tool_call_turns` (rule 5), and why.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"assistant": [1, 11]}, tool_call=[7], tool_call_turns="only")
+        >>> dropped_reason(spec, 2)
+        "tool_call_turns='only' dropped 2 'assistant' turns without a tool call"
+    """
+    names = "/".join(repr(r) for r in spec.train_roles)
+    which = "with" if spec.tool_call_turns == "mask" else "without"
+    turns = "turn" if dropped_turns == 1 else "turns"
+    return (
+        f"tool_call_turns={spec.tool_call_turns!r} dropped {dropped_turns} {names} {turns} "
+        f"{which} a tool call"
+    )
+
+
 def row_reasons(
     spec: MaskSpec,
     input_ids: np.ndarray,
     real: np.ndarray,
-    trained: np.ndarray,
-    role_tokens: np.ndarray,
+    stats: dict[str, np.ndarray],
     original: Sequence[int] | None = None,
     max_length: int | None = None,
     truncation_side: str = "right",
 ) -> dict[int, str]:
     """{row: :func:`untrained_reason`} for every row of a padded batch with no trained token;
-    `real` is nonzero at real tokens, `original` the row lengths before truncation."""
+    `real` is nonzero at real tokens, `stats` those of :func:`gpumask.collators.mask_batch`,
+    `original` the row lengths before truncation."""
     return {
         i: untrained_reason(
             spec,
             input_ids[i][real[i] != 0].tolist(),
-            role_tokens[i].tolist(),
+            stats["role_tokens"][i].tolist(),
             None if original is None else original[i],
             max_length,
             truncation_side,
+            int(stats["dropped_turns"][i]),
         )
-        for i in np.flatnonzero(trained == 0).tolist()
+        for i in np.flatnonzero(stats["trained"] == 0).tolist()
     }
 
 
 def template_reason(
-    found_response: bool, response_template, response_ids: list[int], instructions: bool
+    found_response: bool,
+    response_template,
+    response_ids: list[int],
+    instructions: bool,
+    spec: MaskSpec,
+    dropped_turns: int,
 ) -> str:
     """Why a row of the TRL drop-in trains nothing, in TRL's terms (templates)."""
     if not found_response:
         return f"response template {response_template!r} (ids {response_ids}) not found"
+    if dropped_turns:
+        return dropped_reason(spec, dropped_turns)
     if not instructions:
         return "nothing follows the last response template (truncated?)"
     return (
@@ -148,6 +178,9 @@ def explain_untrained(row: Sequence[int], spec: MaskSpec, role_tokens: dict[str,
     if not row or not any(role_tokens.get(r, 0) for r in spec.train_roles):
         counts = [role_tokens.get(name, 0) for name in (*spec.role_names, NO_ROLE)]
         return untrained_reason(spec, row, counts)
+    if spec.tool_call_turns != "train" and _trains(row, spec.replace(tool_call_turns="train")):
+        n = int(mask_labels(torch.tensor([row]), spec, return_stats=True)[1]["dropped_turns"][0])
+        return dropped_reason(spec, n)
     if spec.masked_spans and _trains(row, spec.replace(masked_spans=())):
         return f"every {roles} token lies inside a masked span"
     if spec.ignore_token_ids and _trains(row, spec.replace(ignore_token_ids=())):

@@ -1,7 +1,8 @@
 """`MaskSpec`: the validated, immutable description of a chat format.
 
 A chat format is a set of *markers* (token-id sequences): the header of each role, the
-end-of-turn token(s), and optional masked spans (open, close) such as tool results. The rules
+end-of-turn token(s), optional masked spans (open, close) such as tool results, and optional
+tool-call markers, which choose turns by content (`tool_call_turns`). The rules
 that turn markers into labels are written out in :mod:`gpumask.reference`; each backend builds
 its own tables from `spec.markers` and caches them on the spec (:meth:`MaskSpec.cached`).
 
@@ -29,7 +30,9 @@ from typing import Any, TypeVar
 import torch
 
 # Marker kinds.
-HEADER, END_OF_TURN, SPAN_OPEN, SPAN_CLOSE = 0, 1, 2, 3
+HEADER, END_OF_TURN, SPAN_OPEN, SPAN_CLOSE, TOOL_CALL = 0, 1, 2, 3, 4
+# What `tool_call_turns` does with the turns of a trained role that contain a tool call.
+TOOL_CALL_TURNS = ("train", "mask", "only")
 
 # A marker packed in one int, as both backends read it (:attr:`Marker.word`): bits 0-7 its
 # length, bits 8-10 its kind + 1 (0 where no marker is), bits 11-16 its arg.
@@ -48,6 +51,8 @@ CONTEXTS = ("", "\n", " ", "a")
 RIGHT_CONTEXTS = ("\n", " ", "a", "{", "(")
 
 MarkerLike = str | Sequence[int] | Sequence[str | Sequence[int]]
+# No marker: None as given, or () as normalised (so that `replace` takes a spec's own fields).
+_NONE = (None, ())
 Ids = tuple[int, ...]
 T = TypeVar("T")
 
@@ -204,13 +209,18 @@ class MaskSpec:
         initial_role: the role at the start of every sequence (default: none).
         ignore_token_ids: ids that never train (each dropped with `ignore_token_prob`).
         ignore_token_prob: probability in [0, 1] of dropping each such token.
+        tool_call: marker(s) that start a tool call, e.g. `"<tool_call>"`; they take part in
+            matching like the others but change no role or span.
+        tool_call_turns: "train" (default) trains turns whatever they hold; "mask" masks every
+            turn of a trained role that contains a tool call (tokens before the call too);
+            "only" trains only such turns. A call inside a masked span does not count.
         vocab_size: the vocabulary size (ids must be below it); default `len(tokenizer)`.
         tokenizer: encodes `str` markers and decodes markers in `repr` (not part of equality).
 
     After construction every field holds its normalised form: `roles` a :class:`Roles` of id
-    tuples, `end_of_turn` a tuple of id tuples, `masked_spans` a tuple of (opens, closes),
-    `train_roles` and `ignore_token_ids` tuples; `markers` holds every marker, longest first.
-    `spec.replace(**changes)` is :func:`dataclasses.replace`.
+    tuples, `end_of_turn` and `tool_call` tuples of id tuples, `masked_spans` a tuple of
+    (opens, closes), `train_roles` and `ignore_token_ids` tuples; `markers` holds every
+    marker, longest first. `spec.replace(**changes)` is :func:`dataclasses.replace`.
 
     Example::
 
@@ -231,6 +241,8 @@ class MaskSpec:
     initial_role: str | None = None
     ignore_token_ids: Iterable[int] = ()
     ignore_token_prob: float = 1.0
+    tool_call: MarkerLike | None = None
+    tool_call_turns: str = "train"
     vocab_size: int | None = None
     tokenizer: Any = dataclasses.field(default=None, compare=False)
     markers: tuple[Marker, ...] = dataclasses.field(init=False, compare=False)
@@ -251,7 +263,7 @@ class MaskSpec:
         )
         eots = (
             ()
-            if self.end_of_turn is None
+            if self.end_of_turn in _NONE
             else tuple(_alternatives(self.end_of_turn, "end_of_turn", tokenizer))
         )
         spans = []
@@ -280,6 +292,20 @@ class MaskSpec:
             raise MaskSpecError(f"ignore_token_prob: expected a number, got {prob!r}")
         if not 0.0 <= float(prob) <= 1.0:
             raise MaskSpecError(f"ignore_token_prob: must lie in [0, 1], got {prob}")
+        calls = (
+            ()
+            if self.tool_call in _NONE
+            else tuple(_alternatives(self.tool_call, "tool_call", tokenizer))
+        )
+        if self.tool_call_turns not in TOOL_CALL_TURNS:
+            raise MaskSpecError(
+                f"tool_call_turns: expected one of {TOOL_CALL_TURNS}, got {self.tool_call_turns!r}"
+            )
+        if self.tool_call_turns != "train" and not calls:
+            raise MaskSpecError(
+                f"tool_call_turns={self.tool_call_turns!r}: needs tool_call= (the marker(s) "
+                "that start a tool call) to tell which turns hold one"
+            )
         vocab_size = self.vocab_size
         if vocab_size is None and tokenizer is not None:
             vocab_size = len(tokenizer)
@@ -293,6 +319,7 @@ class MaskSpec:
             last_turn_only=bool(self.last_turn_only),
             ignore_token_ids=tuple(sorted({int(i) for i in self.ignore_token_ids})),
             ignore_token_prob=float(prob),
+            tool_call=calls,
             vocab_size=vocab_size,
         )
         for name, value in normalised.items():
@@ -353,6 +380,7 @@ class MaskSpec:
         for s, (opens, closes) in enumerate(self.masked_spans):
             markers += [Marker(ids, SPAN_OPEN, s, f"masked_spans[{s}] open") for ids in opens]
             markers += [Marker(ids, SPAN_CLOSE, s, f"masked_spans[{s}] close") for ids in closes]
+        markers += [Marker(ids, TOOL_CALL, 0, "tool_call") for ids in self.tool_call]
         vocab = self.vocab_size
         seen: dict[Ids, Marker] = {}
         for marker in markers:
@@ -396,6 +424,10 @@ class MaskSpec:
             lines.append(f"  end_of_turn: {alts(self.end_of_turn)}")
         for opens, closes in self.masked_spans:
             lines.append(f"  masked span: {alts(opens)} ... {alts(closes)}")
+        if self.tool_call:
+            lines.append(
+                f"  tool_call: {alts(self.tool_call)}, tool_call_turns={self.tool_call_turns!r}"
+            )
         lines.append(
             f"  train_roles={self.train_roles}, "
             f"train_on_end_of_turn={self.train_on_end_of_turn}, "

@@ -45,6 +45,7 @@ from gpumask.spec import (
     LENGTH_MASK,
     SPAN_CLOSE,
     SPAN_OPEN,
+    TOOL_CALL,
     Marker,
     MaskSpec,
     tag,
@@ -57,7 +58,8 @@ CPU_BLOCK_TOKENS = 1 << 20
 # The covering occurrence's length and kind + 1: the word's bits below its arg.
 COVER_BITS = ARG_SHIFT
 
-Result = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+# (labels, stats): stats as `mask_labels(..., return_stats=True)` gives them, or None.
+Result = tuple[torch.Tensor, dict[str, torch.Tensor] | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Tables:
     train_role_bits: int
     train_on_end_of_turn: bool
     last_turn_only: bool
+    tool_call_turns: str
     ignore_token_prob: float
 
 
@@ -160,6 +163,7 @@ def _build_tables(spec: MaskSpec, device: torch.device) -> Tables:
         train_role_bits=spec.train_role_bits,
         train_on_end_of_turn=spec.train_on_end_of_turn,
         last_turn_only=spec.last_turn_only,
+        tool_call_turns=spec.tool_call_turns,
         ignore_token_prob=spec.ignore_token_prob,
     )
 
@@ -247,7 +251,8 @@ def _match_by_bits(ids: torch.Tensor, c: Tables, starts) -> torch.Tensor:
 
 
 def mask_labels_torch(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool) -> Result:
-    """Labels `[B, T]`, and when `with_stats` trained counts `[B]` and role counts `[B, R+1]`.
+    """(labels `[B, T]`, stats): with `with_stats`, `{"trained": [B], "role_tokens": [B, R + 1],
+    "dropped_turns": [B]}` as :func:`gpumask.mask_labels` documents them, else None.
 
     Called by :func:`gpumask.mask_labels`, which validates and prepares `batch`. Picks its
     path (see the module docstring); every path takes the same arguments.
@@ -274,9 +279,10 @@ def in_row_blocks(path, batch: Batch, spec: MaskSpec, ignore_index: int, with_st
     parts = [
         path(batch.rows(i, i + rows), spec, ignore_index, with_stats) for i in range(0, size, rows)
     ]
+    labels = torch.cat([labels for labels, _ in parts])
     if not with_stats:
-        return torch.cat([p[0] for p in parts]), None, None
-    return tuple(torch.cat([p[k] for p in parts]) for k in range(3))
+        return labels, None
+    return labels, {key: torch.cat([stats[key] for _, stats in parts]) for key in parts[0][1]}
 
 
 def mask_every_token(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool) -> Result:
@@ -288,15 +294,16 @@ def mask_every_token(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats
     ids = input_ids.long().clamp(-1, vocab)  # -1 is column `vocab` too: no marker uses it
     if real is not None:
         ids = ids.masked_fill(~real, vocab)
-    trained, role = _trained_and_role(ids, c, batch.seq_start)
+    trained, role, dropped = _trained_and_role(ids, c, batch.seq_start)
     if real is not None:
         trained &= real
-    role_tokens = None
+    stats = None
     if with_stats:
         counted = torch.ones_like(role, dtype=torch.int64) if real is None else real.long()
         role_tokens = torch.zeros(size, c.n_roles + 1, dtype=torch.int64, device=role.device)
         role_tokens.scatter_add_(1, role.long(), counted)
-    return _labels(batch, c, trained, ignore_index, with_stats, None, role_tokens)
+        stats = {"role_tokens": role_tokens, "dropped_turns": _count(dropped, size, ids.device)}
+    return _labels(batch, c, trained, ignore_index, stats)
 
 
 def mask_on_marker_runs(
@@ -305,28 +312,34 @@ def mask_on_marker_runs(
     """The rules on the marker tokens and one token per run of others (:func:`_on_marker_runs`):
     fewer tokens, but data-dependent shapes, so for eager calls on the CPU."""
     c = tables(spec, batch.input_ids.device)
-    trained, counts, role_tokens = _on_marker_runs(
-        batch.input_ids, c, batch.real, batch.seq_start, with_stats
-    )
-    return _labels(batch, c, trained, ignore_index, with_stats, counts, role_tokens)
+    trained, stats = _on_marker_runs(batch.input_ids, c, batch.real, batch.seq_start, with_stats)
+    return _labels(batch, c, trained, ignore_index, stats)
 
 
-def _labels(batch: Batch, c: Tables, trained, ignore_index, with_stats, counts, roles) -> Result:
-    """Rule 7 (ignored ids), then the labels; `counts` (trained per row before rule 7, or
-    None) is recounted when rule 7 drops anything."""
+def _labels(batch: Batch, c: Tables, trained, ignore_index, stats) -> Result:
+    """Rule 7 (ignored ids), then the labels; `stats["trained"]` (when counted before rule 7)
+    is recounted when rule 7 drops anything."""
     input_ids, uniforms = batch.input_ids, batch.uniforms
     if c.ignore_ids.numel() and c.ignore_token_prob > 0.0:
         drop = torch.isin(input_ids, c.ignore_ids.to(input_ids.dtype))
         if uniforms is not None:
             drop &= uniforms < c.ignore_token_prob
         trained &= ~drop
-        counts = None  # counted before the drops
+        if stats is not None:
+            stats.pop("trained", None)  # counted before the drops
     labels = torch.where(trained, input_ids, ignore_index)
-    if not with_stats:
-        return labels, None, None
-    if counts is None:
-        counts = trained.sum(dim=1)
-    return labels, counts, roles
+    if stats is None:
+        return labels, None
+    if "trained" not in stats:
+        stats["trained"] = trained.sum(dim=1)
+    return labels, {key: stats[key] for key in ("trained", "role_tokens", "dropped_turns")}
+
+
+def _count(flags: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
+    """Per-row counts of `flags` (bool `[B, T]`); zeros for None."""
+    if flags is None:
+        return torch.zeros(rows, dtype=torch.int64, device=device)
+    return flags.sum(dim=1)
 
 
 def _on_marker_runs(
@@ -335,8 +348,8 @@ def _on_marker_runs(
     real: torch.Tensor | None,
     seq_start: torch.Tensor | None,
     with_stats: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(trained, and with `with_stats` trained counts `[B]` and role counts `[B, R + 1]`),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """(trained, and with `with_stats` the stats: trained and role counts, dropped turns),
     by :func:`_trained_and_role` on a shorter sequence: the marker tokens (real tokens whose
     id some marker uses) and, of each run of other tokens, its first token only, which
     stands for the run.
@@ -370,7 +383,7 @@ def _on_marker_runs(
     starts = kept % length == 0
     if seq_start is not None:
         starts |= seq_start.reshape(-1)[kept]
-    trained, role = _trained_and_role(ids[None], c, starts[None])
+    trained, role, dropped = _trained_and_role(ids[None], c, starts[None])
     trained, role = trained[0], role[0]
     if real is not None:
         trained &= real.reshape(-1)[kept]
@@ -378,7 +391,7 @@ def _on_marker_runs(
     run = torch.cumsum(keep, 0, dtype=torch.int32 if keep.numel() < 2**31 else torch.int64)
     trained_all = F.pad(trained, (1, 0)).index_select(0, run).view(batch, length)
     if not with_stats:
-        return trained_all, None, None
+        return trained_all, None
     counts = F.pad(kept[1:], (0, 1), value=flat.numel()) - kept  # tokens in each run
     if real is not None:
         counts *= real.reshape(-1)[kept]
@@ -387,12 +400,21 @@ def _on_marker_runs(
     trained_counts.index_put_((row,), counts * trained, accumulate=True)
     role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=input_ids.device)
     role_tokens.index_put_((row, role.long()), counts, accumulate=True)
-    return trained_all, trained_counts, role_tokens
+    dropped_turns = torch.zeros(batch, dtype=torch.int64, device=input_ids.device)
+    if dropped is not None:
+        dropped_turns.index_put_((row,), dropped[0].long(), accumulate=True)
+    stats = {"trained": trained_counts, "role_tokens": role_tokens, "dropped_turns": dropped_turns}
+    return trained_all, stats
 
 
 def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | None):
-    """(trained, role): whether each token trains by rules 1-6 (real tokens and rule 7 are
-    left to the caller), and the role code of each token (`n_roles` for none).
+    """(trained, role, dropped): whether each token trains by rules 1-6 (real tokens and rule
+    7 are left to the caller), the role code of each token (`n_roles` for none), and the
+    starts of the turns rule 5 drops (None when `tool_call_turns` is "train").
+
+    Rule 5 is a per-turn reduction: turns are numbered by a cumulative sum of their starts,
+    the calls of each turn are added up by its number (a scatter into `[B, T + 1]`), and
+    every token reads its turn's count back (a gather).
 
     `ids` are clamped to [-1, vocab], with `vocab` at tokens that are not real.
     """
@@ -450,6 +472,9 @@ def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | No
     else:
         trained = ((train_bits >> role) & 1).bool()
     trained &= ~(covered & (cover_tag == tag(HEADER)))
+    calls = None  # rule 5: tool-call starts inside a trained turn, outside every span
+    if c.tool_call_turns != "train":
+        calls = trained & (kind == tag(TOOL_CALL))
     if c.n_spans:
         open_start = kind == tag(SPAN_OPEN)
         close_end = end_tag == tag(SPAN_CLOSE)
@@ -465,12 +490,24 @@ def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | No
             )
             in_span = state != 0
         trained &= ~in_span
+        if calls is not None:
+            calls &= ~in_span
     if not c.train_on_end_of_turn:
         trained &= ~(covered & (cover_tag == tag(END_OF_TURN)))
+    dropped = None
+    if calls is not None or c.last_turn_only:
+        turn_start = header_start & ((train_bits >> arg) & 1).bool()
+        if train_bits >> c.initial_role & 1:  # a header at a sequence start starts the turn
+            turn_start |= seq_start & ~header_start
+    if calls is not None:
+        turn = torch.cumsum(turn_start.to(index_type), dim=1).long()
+        in_turn = torch.zeros(batch, length + 1, dtype=index_type, device=device)
+        in_turn.scatter_add_(1, turn, calls.to(index_type))
+        keep = (in_turn.gather(1, turn) > 0) == (c.tool_call_turns == "only")
+        trained &= keep
+        dropped = turn_start & ~keep
+        turn_start = turn_start & keep  # rule 6 counts the kept turns only
     if c.last_turn_only:
-        turn_start = (header_start & ((train_bits >> arg) & 1).bool()) | (
-            seq_start & bool(train_bits >> c.initial_role & 1)
-        )
         turn = torch.cumsum(turn_start.to(index_type), dim=1)
         if packed:  # the count at the last token of each sequence
             starts_at = torch.where(seq_start, positions, length)
@@ -479,4 +516,4 @@ def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | No
         else:
             last_turn = turn[:, -1:]
         trained &= turn == last_turn
-    return trained, role
+    return trained, role, dropped

@@ -17,7 +17,8 @@ load. Markers, their overlaps and their coverage therefore never cross chunks as
 launcher picks BLOCK so that B x T gives a few programs per SM (4 x 131072 and 64 x 512 both
 fill an H100); a row that fits in one block runs as one chunk with no halo and one kernel.
 
-State that does cross chunks is three "last event" quantities and one count:
+State that does cross chunks is three "last event" quantities and one count (and, for rule
+5, a mark per turn, below):
 - role: the code of the last role event (sequence start, header, end of turn's end);
 - span: the state map of the masked-span automaton (states 0 = none, k + 1 = span k open),
   packed as 4-bit entries (int32 up to 7 span kinds, int64 up to 15) and composed; with one
@@ -32,6 +33,14 @@ So a row with several chunks takes three launches:
    at each sequence's end): the state entering every chunk.
 3. `_label_kernel` (grid B x NC): recomputes its chunk with the carried state, writes labels
    and, with stats, adds per-row counts with atomics.
+Rule 5 (`tool_call_turns` "mask" or "only") needs to know, at every token, whether its turn
+holds a tool call anywhere, before or after it, in this chunk or another. The label kernel
+then runs twice (also for one-chunk rows): first as a calls pass that numbers each token's
+turn (the carried turn count plus the chunk's own starts) and marks `calls[b, turn]` with an
+atomic max where a call starts in a turn of a trained role outside every span; then as the
+label pass, which reads its turn's mark (one gather from a `[B, T + 2]` int32 table). With
+`last_turn_only` a torch cumsum between the two turns the marks into kept turns up to each
+turn, and a token trains when no kept turn lies between its own and its sequence's last.
 Inside a window everything is a scan over BLOCK lanes (`tl.associative_scan`, `tl.cumsum`)
 plus a one-lane shift (`tl.gather`); no `[B, T, M]` tensor exists. Matching keeps the K
 shifted id vectors (int32, -1 where a token is padding, past a sequence start or out of
@@ -71,7 +80,7 @@ Example (on a CUDA device, else on the CPU under TRITON_INTERPRET=1)::
     >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
     >>> from gpumask.padding import Batch
     >>> ids = torch.tensor([[1, 10, 5, 2, 1, 11, 6, 7, 2, 9]], device=device)
-    >>> labels, _, _ = mask_labels_triton(Batch(ids), spec, -100, False)
+    >>> labels, _ = mask_labels_triton(Batch(ids), spec, -100, False)
     >>> labels.tolist()
     [[-100, -100, -100, -100, -100, -100, 6, 7, 2, -100]]
 """
@@ -87,7 +96,16 @@ import triton.language as tl
 
 from gpumask import spec as _spec
 from gpumask.padding import Batch
-from gpumask.spec import END_OF_TURN, HEADER, SPAN_CLOSE, SPAN_OPEN, MaskSpec, tag
+from gpumask.spec import (
+    END_OF_TURN,
+    HEADER,
+    SPAN_CLOSE,
+    SPAN_OPEN,
+    TOOL_CALL,
+    TOOL_CALL_TURNS,
+    MaskSpec,
+    tag,
+)
 from gpumask.torch_backend import mask_labels_torch
 
 # Marker words are :attr:`gpumask.spec.Marker.word`s; the kernels decode them with these.
@@ -100,6 +118,7 @@ _HEADER = tl.constexpr(tag(HEADER))
 _END_OF_TURN = tl.constexpr(tag(END_OF_TURN))
 _SPAN_OPEN = tl.constexpr(tag(SPAN_OPEN))
 _SPAN_CLOSE = tl.constexpr(tag(SPAN_CLOSE))
+_TOOL_CALL = tl.constexpr(tag(TOOL_CALL))
 
 # Kernel limit: span states are 4-bit entries of an int64.
 MAX_SPAN_KINDS = 15
@@ -253,6 +272,7 @@ def _window(
     arg = info >> _ARG_SHIFT
     header = chunk & kept & (kind == _HEADER)
     opens = chunk & kept & (kind == _SPAN_OPEN)
+    calls = chunk & kept & (kind == _TOOL_CALL)
     ended = chunk & (before >= 0) & (((before >> _WORD_BITS) + (before & _LENGTH_MASK)) == lane)
     end_kind = before & _KIND_MASK
     eot_end = ended & (end_kind == _END_OF_TURN)
@@ -263,7 +283,7 @@ def _window(
     for r in tl.static_range(R):
         train_bits |= (tl.load(train_ptr + r) != 0).to(train_bits.dtype) << r
     trains = ((train_bits >> arg.to(train_bits.dtype)) & 1) != 0
-    turn_start = (header & trains) | (start & (tl.load(train_ptr + initial) != 0))
+    turn_start = (header & trains) | (start & ~header & (tl.load(train_ptr + initial) != 0))
 
     maps = tl.zeros([BLOCK], tl.int32 if NSTATES <= 8 else tl.int64)  # 4 bits per state
     if NSTATES > 0:
@@ -275,7 +295,7 @@ def _window(
             state = tl.where(close_end & (state == close_arg + 1), 0, state)
             state = tl.where(opens & (state == 0), arg + 1, state)
             maps |= state.to(maps.dtype) << (4 * s)
-    return x, real, start, chunk, last, role_key, turn_start, maps, train_bits
+    return x, real, start, chunk, last, role_key, turn_start, maps, train_bits, calls
 
 
 @triton.jit
@@ -291,7 +311,7 @@ def _summarize_kernel(
     c = tl.program_id(0) % n_chunks
     b = tl.program_id(0) // n_chunks
     row = b.to(tl.int64) * T
-    _, _, start, chunk, _, role_key, turn_start, maps, _ = _window(
+    _, _, start, chunk, _, role_key, turn_start, maps, _, _ = _window(
         ids_ptr, real_ptr, start_ptr, row, c * chunk_len - halo, T, halo,
         mk_ids_ptr, mk_word_ptr, train_ptr, initial,
         M, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
@@ -352,6 +372,7 @@ def _carry_kernel(
 @triton.jit
 def _label_kernel(
     ids_ptr, real_ptr, start_ptr, uniforms_ptr, labels_ptr, carry_ptr, trained_ptr, roles_ptr,
+    calls_ptr, kept_ptr, dropped_ptr,
     T, halo, chunk_len, n_chunks,
     mk_ids_ptr, mk_word_ptr, train_ptr, initial, ignore_ptr,
     prob, ignore_index,
@@ -359,14 +380,19 @@ def _label_kernel(
     NSTATES: tl.constexpr, N_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
     HAS_REAL: tl.constexpr, HAS_START: tl.constexpr, HAS_UNIFORMS: tl.constexpr,
     CARRY: tl.constexpr, TRAIN_EOT: tl.constexpr, LAST_TURN: tl.constexpr,
-    WITH_STATS: tl.constexpr,
+    WITH_STATS: tl.constexpr, TOOL: tl.constexpr, CALLS_PASS: tl.constexpr,
 ):  # fmt: skip
-    """Pass 3 (the only pass for one-chunk rows): labels of chunk c of row b."""
+    """Pass 3 (the only pass for one-chunk rows): labels of chunk c of row b.
+
+    With `tool_call_turns` (TOOL 1: "mask", 2: "only") it runs twice: first with CALLS_PASS,
+    marking `calls[b, k]` for every turn k (numbered by turn starts from the row's start)
+    that contains a tool call, then for the labels, reading each token's turn there, and
+    with `last_turn_only` the kept turns up to it (`kept[b, k]`, a prefix sum)."""
     c = tl.program_id(0) % n_chunks
     b = tl.program_id(0) // n_chunks
     row = b.to(tl.int64) * T
     w = c * chunk_len - halo
-    x, real, start, chunk, last, role_key, turn_start, maps, train_bits = _window(
+    x, real, start, chunk, last, role_key, turn_start, maps, train_bits, calls = _window(
         ids_ptr, real_ptr, start_ptr, row, w, T, halo,
         mk_ids_ptr, mk_word_ptr, train_ptr, initial,
         M, K, R, NSTATES, BLOCK, HAS_REAL, HAS_START,
@@ -391,11 +417,22 @@ def _label_kernel(
     covered = (last >= 0) & ((last >> _WORD_BITS) + (last & _LENGTH_MASK) > lane)
     cover_kind = last & _KIND_MASK
     trained = trained & ~(covered & (cover_kind == _HEADER))
+    calls = calls & trained  # tool calls that start in a turn of a trained role
     if not TRAIN_EOT:
         trained = trained & ~(covered & (cover_kind == _END_OF_TURN))
     if NSTATES > 0:
         span = (_scan_maps(maps, NSTATES) >> (4 * span_in)) & 15
         trained = trained & (span == 0)
+        calls = calls & (span == 0)
+    if TOOL > 0:
+        turn_of = turn_in + tl.cumsum(turn_start.to(tl.int32), 0)
+        turn_calls = calls_ptr + b.to(tl.int64) * (T + 2) + turn_of
+        if CALLS_PASS:
+            tl.atomic_max(turn_calls, tl.full([BLOCK], 1, tl.int32), mask=calls)
+        else:
+            keep = (tl.load(turn_calls, mask=chunk, other=0) != 0) == (TOOL == 2)
+            trained = trained & keep
+            dropped = turn_start & ~keep
     if LAST_TURN:
         # Turn counts relative to the chunk's start; the last position of each sequence
         # (the first one at or after the lane) gives its final count.
@@ -407,7 +444,13 @@ def _label_kernel(
         key = tl.where(chunk & seq_last, ((BLOCK - 1 - lane) << 16) | turn, -1)
         end_turn = tl.associative_scan(key, 0, _max, reverse=True)
         end_turn = tl.where(end_turn >= 0, end_turn & 0xFFFF, end_turn_in - turn_in)
-        trained = trained & (turn == end_turn)
+        if TOOL > 0:  # the last kept turn: no kept turn between a token's and the last one
+            if not CALLS_PASS:
+                kept = kept_ptr + b.to(tl.int64) * (T + 2) + turn_in
+                kept_here = tl.load(kept + turn, mask=chunk, other=0)
+                trained = trained & (kept_here == tl.load(kept + end_turn, mask=chunk, other=0))
+        else:
+            trained = trained & (turn == end_turn)
     if N_IGNORE > 0:
         drop = lane < 0
         for i in tl.static_range(N_IGNORE):
@@ -416,13 +459,15 @@ def _label_kernel(
             u = tl.load(uniforms_ptr + row + pos, mask=chunk, other=1.0)
             drop = drop & (u < prob)
         trained = trained & ~drop
-    tl.store(labels_ptr + row + pos, tl.where(trained, x, ignore_index), mask=chunk)
-
-    if WITH_STATS:
-        tl.atomic_add(trained_ptr + b, tl.sum(trained.to(tl.int64)))
-        counts = tl.histogram(role, RP, mask=chunk & real)
-        bins = tl.arange(0, RP)
-        tl.atomic_add(roles_ptr + b * (R + 1) + bins, counts.to(tl.int64), mask=bins <= R)
+    if not CALLS_PASS:
+        tl.store(labels_ptr + row + pos, tl.where(trained, x, ignore_index), mask=chunk)
+        if WITH_STATS:
+            tl.atomic_add(trained_ptr + b, tl.sum(trained.to(tl.int64)))
+            counts = tl.histogram(role, RP, mask=chunk & real)
+            bins = tl.arange(0, RP)
+            tl.atomic_add(roles_ptr + b * (R + 1) + bins, counts.to(tl.int64), mask=bins <= R)
+            if TOOL > 0:
+                tl.atomic_add(dropped_ptr + b, tl.sum(dropped.to(tl.int64)))
 
 
 # --- launcher --------------------------------------------------------------------------------
@@ -498,8 +543,8 @@ def tables(spec: MaskSpec, device: torch.device | str) -> Tables:
 
 def mask_labels_triton(
     batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool, *, block: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Labels `[B, T]`, and when `with_stats` trained counts `[B]` and role counts `[B, R+1]`.
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """(labels `[B, T]`, stats or None), as :func:`gpumask.torch_backend.mask_labels_torch`.
 
     Arguments and results are those of :func:`gpumask.torch_backend.mask_labels_torch`;
     `block` (a power of two, default: chosen from the shape) sets the window of one program,
@@ -564,19 +609,33 @@ def mask_labels_triton(
         )  # fmt: skip
 
     labels = torch.empty_like(ids)
-    trained = roles = dummy
+    trained = roles = dropped = calls = kept = dummy
+    tool = TOOL_CALL_TURNS.index(spec.tool_call_turns)  # 0 "train", 1 "mask", 2 "only"
     if with_stats:
         trained = torch.zeros(size, dtype=torch.int64, device=device)
         roles = torch.zeros(size, len(spec.roles) + 1, dtype=torch.int64, device=device)
-    _label_kernel[(size * n_chunks,)](
-        ids, real_arg, start_arg, dummy if uniforms is None else uniforms, labels, carry,
-        trained, roles, length, halo, chunk_len, n_chunks, *markers,
-        c.ignore_ids if ignoring else dummy, spec.ignore_token_prob, ignore_index,
-        RP=_pow2(len(spec.roles) + 1), N_IGNORE=c.ignore_ids.numel() if ignoring else 0,
-        HAS_UNIFORMS=uniforms is not None, CARRY=n_chunks > 1,
-        TRAIN_EOT=spec.train_on_end_of_turn, LAST_TURN=spec.last_turn_only,
-        WITH_STATS=with_stats, **common,
-    )  # fmt: skip
+        dropped = torch.zeros(size, dtype=torch.int64, device=device)
+    if tool:
+        calls = torch.zeros(size, length + 2, dtype=torch.int32, device=device)
+
+    def label_pass(kept: torch.Tensor, calls_pass: bool) -> None:
+        _label_kernel[(size * n_chunks,)](
+            ids, real_arg, start_arg, dummy if uniforms is None else uniforms, labels, carry,
+            trained, roles, calls, kept, dropped, length, halo, chunk_len, n_chunks, *markers,
+            c.ignore_ids if ignoring else dummy, spec.ignore_token_prob, ignore_index,
+            RP=_pow2(len(spec.roles) + 1), N_IGNORE=c.ignore_ids.numel() if ignoring else 0,
+            HAS_UNIFORMS=uniforms is not None, CARRY=n_chunks > 1,
+            TRAIN_EOT=spec.train_on_end_of_turn, LAST_TURN=spec.last_turn_only,
+            WITH_STATS=with_stats, TOOL=tool, CALLS_PASS=calls_pass, **common,
+        )  # fmt: skip
+
+    if tool:
+        label_pass(kept, calls_pass=True)
+        if spec.last_turn_only:  # kept turns up to each turn (turn 0: before any turn)
+            kept_turns = ((calls != 0) == (tool == 2)).to(torch.int32)
+            kept_turns[:, 0] = 0
+            kept = torch.cumsum(kept_turns, 1, dtype=torch.int32)
+    label_pass(kept, calls_pass=False)
     if not with_stats:
-        return labels, None, None
-    return labels, trained, roles
+        return labels, None
+    return labels, {"trained": trained, "role_tokens": roles, "dropped_turns": dropped}

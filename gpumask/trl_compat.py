@@ -88,6 +88,11 @@ class DataCollatorForCompletionOnlyLM:
             `max_length_q/k` instead of padding and `attention_mask`, as TRL does.
         pad_to_multiple_of: round the padded length up to a multiple of this.
         return_tensors: "pt" only.
+        tool_call: the text (or ids) that starts a tool call, or a list of these; with
+            `tool_call_turns` ("mask" or "only") it chooses replies by content (an extension:
+            TRL has no such option). See :class:`gpumask.MaskSpec`.
+        tool_call_turns: "train" (default), "mask" (replies that call a tool do not train)
+            or "only" (only those train).
 
     Example (a tool turn between replies, which TRL's single instruction template trains)::
 
@@ -115,6 +120,8 @@ class DataCollatorForCompletionOnlyLM:
         tokenizer: Any = None,
         return_tensors: str = "pt",
         whole_word_mask: bool = False,
+        tool_call: Template | Sequence[Template] | None = None,
+        tool_call_turns: str = "train",
         **kwargs: Any,
     ) -> None:
         if args:
@@ -156,8 +163,21 @@ class DataCollatorForCompletionOnlyLM:
             roles["instruction"] = [
                 alt for template in instructions for alt in _alternatives(tokenizer, template)
             ]
+        calls = None
+        if tool_call is not None:
+            single_call = isinstance(tool_call, str) or is_id_list(tool_call)
+            calls = [
+                alt
+                for template in ([tool_call] if single_call else tool_call)
+                for alt in _alternatives(tokenizer, template)
+            ]
         self.spec = MaskSpec(
-            roles, train_roles=("response",), last_turn_only=not instructions, tokenizer=tokenizer
+            roles,
+            train_roles=("response",),
+            last_turn_only=not instructions,
+            tool_call=calls,
+            tool_call_turns=tool_call_turns,
+            tokenizer=tokenizer,
         )
         self.tokenizer = tokenizer
         self.response_template = response_template
@@ -203,18 +223,20 @@ class DataCollatorForCompletionOnlyLM:
         input_ids, attention_mask, _, real = padding.pad_examples(
             rows, masks, length, fill, padding_side
         )
-        labels, trained, role_tokens = mask_batch(input_ids, real, self.spec, self.ignore_index)
-        found = role_tokens[:, self.spec.role_names.index("response")] > 0
+        labels, stats = mask_batch(input_ids, real, self.spec, self.ignore_index)
+        found = stats["role_tokens"][:, self.spec.role_names.index("response")] > 0
         reasons = {
             i: template_reason(
                 bool(found[i]),
                 self.response_template,
                 self.response_token_ids,
                 self.instruction_template is not None,
+                self.spec,
+                int(stats["dropped_turns"][i]),
             )
-            for i in np.flatnonzero(trained == 0).tolist()
+            for i in np.flatnonzero(stats["trained"] == 0).tolist()
         }
-        warn_untrained("DataCollatorForCompletionOnlyLM", len(trained), reasons, stacklevel=4)
+        warn_untrained("DataCollatorForCompletionOnlyLM", len(labels), reasons, stacklevel=4)
         if not self.padding_free:
             batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
             return {k: torch.from_numpy(v) for k, v in batch.items()}

@@ -2,7 +2,8 @@
 
 `parse("@user q E nl @assistant *a *E nl")` gives the ids and the expected labels: `@role`
 is a three-token header (`<|im_start|>`, role, `\\n`), `E` is `<|im_end|>`, `nl` a newline,
-`<tr>`/`</tr>` and `<tc>`/`</tc>` span markers, and each single letter a content token.
+`<tr>`/`</tr>` and `<tc>`/`</tc>` span markers, `<call>` a tool-call marker, and each single
+letter a content token.
 A `*` in front of a token means "trained".
 """
 
@@ -13,6 +14,7 @@ from gpumask import MaskSpec
 IM_START, IM_END, NL = 1, 2, 3
 ROLE_IDS = {"system": 4, "user": 5, "assistant": 6, "tool": 7}
 TR_OPEN, TR_CLOSE, TC_OPEN, TC_CLOSE = 8, 9, 10, 11
+CALL = 12
 WORDS = {
     "E": IM_END,
     "nl": NL,
@@ -21,6 +23,7 @@ WORDS = {
     "<tc>": TC_OPEN,
     "</tc>": TC_CLOSE,
     "<s>": IM_START,
+    "<call>": CALL,
 }
 IGNORE = -100
 

@@ -2,7 +2,8 @@
 
 Markers are 1-4 tokens from alphabets of 2-8 ids, so partial matches, overlaps and markers
 inside markers are frequent; every layout (padding both sides, holes, position_ids,
-cu_seqlens) and every option of MaskSpec is drawn.
+cu_seqlens) and every option of MaskSpec is drawn (`tool_call` and `tool_call_turns` with
+`tool_calls=True`).
 """
 
 import torch
@@ -14,7 +15,7 @@ ROLE_NAMES = ("assistant", "user", "tool")
 
 
 @st.composite
-def masking_cases(draw, max_batch: int = 4, max_length: int = 40):
+def masking_cases(draw, max_batch: int = 4, max_length: int = 40, tool_calls: bool = False):
     """(spec, input_ids, kwargs for mask_labels, generator seed)."""
     alphabet = draw(st.integers(2, 8))
     used: set[tuple[int, ...]] = set()
@@ -33,6 +34,10 @@ def masking_cases(draw, max_batch: int = 4, max_length: int = 40):
     headers = {name: [marker() for _ in range(draw(st.integers(1, 2)))] for name in names}
     end_of_turn = [marker() for _ in range(draw(st.integers(0, 2)))] or None
     spans = [(marker(), marker()) for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2])))]
+    tools = {}
+    if tool_calls:
+        tools["tool_call"] = [marker() for _ in range(draw(st.integers(1, 2)))]
+        tools["tool_call_turns"] = draw(st.sampled_from(["mask", "only", "mask", "only", "train"]))
     spec = MaskSpec(
         roles=headers,
         end_of_turn=end_of_turn,
@@ -43,6 +48,7 @@ def masking_cases(draw, max_batch: int = 4, max_length: int = 40):
         initial_role=draw(st.sampled_from((None,) + names)),
         ignore_token_ids=draw(st.lists(st.integers(0, alphabet - 1), max_size=2)),
         ignore_token_prob=draw(st.sampled_from([0.0, 0.5, 1.0])),
+        **tools,
     )
     layout = draw(st.sampled_from(["plain", "padding", "position_ids", "cu_seqlens"]))
     batch = 1 if layout == "cu_seqlens" else draw(st.integers(1, max_batch))

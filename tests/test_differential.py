@@ -21,8 +21,7 @@ def on_every_token(input_ids, spec, attention_mask=None, position_ids=None, cu_s
     """`mask_labels(..., backend="torch")` through the path compiled and GPU calls take."""
     uniforms = spec.draws(input_ids, generator)
     batch = Batch.of(input_ids, attention_mask, position_ids, cu_seqlens, uniforms)
-    labels, trained, role_tokens = mask_every_token(batch, spec, -100, return_stats)
-    return labels, {"trained": trained, "role_tokens": role_tokens}
+    return mask_every_token(batch, spec, -100, return_stats)
 
 
 def run_both(case, fn):
@@ -42,6 +41,7 @@ def assert_same(got, want):
     assert labels.tolist() == ref_labels.tolist()
     assert stats["trained"].tolist() == ref_stats["trained"].tolist()
     assert stats["role_tokens"].tolist() == ref_stats["role_tokens"].tolist()
+    assert stats["dropped_turns"].tolist() == ref_stats["dropped_turns"].tolist()
 
 
 @settings(max_examples=2500, deadline=None, derandomize=True)
@@ -77,3 +77,24 @@ def test_torch_backend_matches_oracle_with_bitmask_matching(case):
         got = run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k))
     assert tables(case[0]).window_words is None
     assert_same(*got)
+
+
+# --- rule 5: turns chosen by content (tool_call, tool_call_turns) ----------------------------
+
+
+@settings(max_examples=2000, deadline=None, derandomize=True)
+@given(masking_cases(tool_calls=True))
+def test_tool_call_turns_match_oracle(case):
+    assert_same(*run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k)))
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(masking_cases(tool_calls=True))
+def test_tool_call_turns_on_every_token_match_oracle(case):
+    assert_same(*run_both(case, on_every_token))
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(masking_cases(max_batch=2, max_length=300, tool_calls=True))
+def test_tool_call_turns_match_oracle_on_longer_rows(case):
+    assert_same(*run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k)))

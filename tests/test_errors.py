@@ -47,6 +47,19 @@ IDS, _ = parse("@user q E nl @assistant a E")
             dict(roles={"assistant": list(range(300))}),
             r"header of role 'assistant': marker of 300 tokens; at most 255",
         ),
+        (
+            dict(roles={"assistant": [1]}, tool_call=[7], tool_call_turns="drop"),
+            r"tool_call_turns: expected one of \('train', 'mask', 'only'\), got 'drop'",
+        ),
+        (
+            dict(roles={"assistant": [1]}, tool_call_turns="only"),
+            r"tool_call_turns='only': needs tool_call=",
+        ),
+        (dict(roles={"assistant": [1]}, tool_call=[]), r"tool_call: empty marker \[\]"),
+        (
+            dict(roles={"assistant": [1]}, tool_call=[1]),
+            r"tool_call: marker \[1\] is also the header of role 'assistant'",
+        ),
     ],
 )
 def test_bad_spec_is_rejected_with_a_clear_message(kwargs, message):

@@ -5,7 +5,7 @@ Each case is checked against the torch backend and the reference oracle alike.
 
 import pytest
 import torch
-from chatml import IGNORE, IM_END, TC_CLOSE, TC_OPEN, TR_CLOSE, TR_OPEN, parse, spec
+from chatml import CALL, IGNORE, IM_END, TC_CLOSE, TC_OPEN, TR_CLOSE, TR_OPEN, parse, spec
 
 from gpumask import MaskSpec, mask_labels
 from gpumask.reference import mask_labels_reference
@@ -303,3 +303,108 @@ def test_many_roles_train_by_role_code_above_thirty_one():
     ids = torch.tensor([[100, 5, 2, 135, 6, 2, 101, 7]])
     for fn in BACKENDS:
         assert labels_of(ids, chat, fn) == [IGNORE, IGNORE, IGNORE, IGNORE, 6, 2, IGNORE, IGNORE]
+
+
+# --- rule 5: turns chosen by content, and rule 6 with it ------------------------------------
+
+QA_CALL_T_A = "@user q E nl @assistant {a} {call} {b} {E} nl @tool x E nl @assistant {c} {E2} nl"
+
+
+def tools(mode: str, **options) -> MaskSpec:
+    return spec(tool_call=[CALL], tool_call_turns=mode, masked_spans=[([TR_OPEN], [TR_CLOSE])],
+                **options)  # fmt: skip
+
+
+def test_tool_call_turns_train_trains_every_reply():
+    check("@user q E nl @assistant *a *<call> *b *E nl @tool x E nl @assistant *c *E nl",
+          tools("train"))  # fmt: skip
+
+
+def test_tool_call_turns_mask_drops_the_whole_calling_turn_tokens_before_the_call_too():
+    check("@user q E nl @assistant a <call> b E nl @tool x E nl @assistant *c *E nl",
+          tools("mask"))  # fmt: skip
+
+
+def test_tool_call_turns_only_trains_the_calling_turn_only():
+    check("@user q E nl @assistant *a *<call> *b *E nl @tool x E nl @assistant c E nl",
+          tools("only"))  # fmt: skip
+
+
+def test_a_call_in_a_user_or_tool_turn_does_not_count():
+    check("@user q <call> E nl @tool <call> E nl @assistant a E nl", tools("only"))
+    check("@user q <call> E nl @tool <call> E nl @assistant *a *E nl", tools("mask"))
+
+
+def test_a_call_between_turns_does_not_count():
+    check("@assistant a E <call> nl @assistant b E", tools("only"))
+
+
+def test_a_call_inside_a_masked_span_does_not_count():
+    check("@assistant a <tr> <call> </tr> b E", tools("only"))
+    check("@assistant *a <tr> <call> </tr> *b *E", tools("mask"))
+
+
+def test_consecutive_replies_where_only_the_second_calls():
+    check("@user q E nl @assistant a E nl @assistant *<call> *b *E nl", tools("only"))
+    check("@user q E nl @assistant *a *E nl @assistant <call> b E nl", tools("mask"))
+
+
+def test_a_header_ends_a_turn_that_has_no_end_of_turn():
+    check("@user q E nl @assistant a @assistant *<call> *E", tools("only"))
+
+
+@pytest.mark.parametrize(
+    "mode, text",
+    [
+        ("train", "@user q E nl @assistant a <call> b E nl @tool x E nl @assistant *c *E nl"),
+        ("mask", "@user q E nl @assistant a <call> b E nl @tool x E nl @assistant *c *E nl"),
+        ("only", "@user q E nl @assistant *a *<call> *b *E nl @tool x E nl @assistant c E nl"),
+    ],
+)
+def test_last_turn_only_takes_the_last_turn_that_rule_5_keeps(mode, text):
+    check(text, tools(mode, last_turn_only=True))
+
+
+def test_last_turn_only_counts_a_kept_turn_with_nothing_trained():
+    # The row ends in an empty reply: kept by "train" and "mask", it is the last turn, so the
+    # calling reply does not train; "only" drops it, and the calling reply is the last kept.
+    check("@user q E nl @assistant a <call> E nl @assistant", tools("train", last_turn_only=True))
+    check("@user q E nl @assistant a <call> E nl @assistant", tools("mask", last_turn_only=True))
+    check("@user q E nl @assistant *a *<call> *E nl @assistant",
+          tools("only", last_turn_only=True))  # fmt: skip
+
+
+def test_packed_sequences_have_their_own_turns():
+    ids, expected = parse("@assistant a b @assistant *<call> *E")
+    position_ids = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4]])
+    # the call in the second sequence does not reach back into the first one's open turn
+    assert ids.shape[1] == 10
+    for fn in BACKENDS:
+        assert labels_of(ids, tools("only"), fn, position_ids=position_ids) == expected
+
+
+def test_left_padding_with_call_ids_takes_part_in_nothing():
+    ids, expected = parse("<call> <call> @assistant *a *E")
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1]])
+    for fn in BACKENDS:
+        assert labels_of(ids, tools("mask"), fn, attention_mask=mask) == expected
+        assert labels_of(ids, tools("only"), fn, attention_mask=mask) == [IGNORE] * 7
+
+
+def test_stats_count_the_turns_rule_5_drops_per_row():
+    first, _ = parse("@user q E nl @assistant a <call> E nl @assistant b E nl @assistant c E")
+    second, _ = parse("@user q E nl @assistant a E nl @user r E nl @tool t u E")
+    ids = torch.cat([first, second])
+    for fn in BACKENDS:
+        for mode, dropped in (("train", [0, 0]), ("mask", [1, 0]), ("only", [2, 1])):
+            _, stats = fn(ids, tools(mode), return_stats=True)
+            assert stats["dropped_turns"].tolist() == dropped, (fn.__name__, mode)
+
+
+def test_the_examples_in_the_oracles_docstring_hold():
+    import doctest
+
+    from gpumask import reference
+
+    result = doctest.testmod(reference)
+    assert result.failed == 0 and result.attempted >= 15

@@ -67,6 +67,12 @@ def test_equal_specs_hash_alike_and_replace_changes_one_option():
     assert c != a and c.last_turn_only and c.roles == a.roles
 
 
+def test_replace_keeps_a_spec_without_end_of_turn_or_tool_call():
+    spec = MaskSpec(roles={"assistant": [1, 2]})
+    assert spec.replace(last_turn_only=True).end_of_turn == ()
+    assert spec.replace(last_turn_only=True).tool_call == ()
+
+
 def test_backend_tables_are_cached_per_device():
     spec = MaskSpec(roles={"assistant": [1, 2], "user": [1, 3]}, end_of_turn=[4])
     assert tables(spec, "cpu") is tables(spec, torch.device("cpu"))

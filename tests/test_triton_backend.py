@@ -40,9 +40,10 @@ def run_triton(ids, spec, block=None, attention_mask=None, position_ids=None, cu
         uniforms = torch.rand(ids.shape, generator=torch.Generator().manual_seed(seed))
     batch = Batch.of(ids, attention_mask, position_ids, cu_seqlens, uniforms)
     moved = Batch(*(None if t is None else t.to(DEVICE) for t in vars(batch).values()))
-    results = mask_labels_triton(moved, spec, -100, with_stats, block=block)
-    labels, trained, roles = (None if t is None else t.cpu() for t in results)
-    return (labels, trained, roles) if with_stats else labels
+    labels, stats = mask_labels_triton(moved, spec, -100, with_stats, block=block)
+    if not with_stats:
+        return labels.cpu()
+    return labels.cpu(), {key: value.cpu() for key, value in stats.items()}
 
 
 # --- random cases ----------------------------------------------------------------------------
@@ -56,9 +57,10 @@ def _marker(rng: random.Random, used: set, alphabet: int) -> list[int]:
             return list(ids)
 
 
-def random_case(rng: random.Random):
+def random_case(rng: random.Random, tools: bool = False):
     """A random spec over a small alphabet (overlapping markers are frequent), ids that mix
-    its markers with filler, a random layout and a random window size."""
+    its markers with filler, a random layout and a random window size; with `tools`, a
+    tool-call marker and `tool_call_turns` "mask" or "only"."""
     alphabet = rng.randint(2, 8)
     used: set = set()
     names = ["assistant", "user", "tool"][: rng.randint(1, 3)]
@@ -74,6 +76,10 @@ def random_case(rng: random.Random):
         ignore_token_ids=rng.sample(range(alphabet), rng.randint(0, 2)),
         ignore_token_prob=rng.choice([0.0, 0.5, 1.0]),
     )  # fmt: skip
+    if tools:
+        spec = spec.replace(tool_call=[_marker(rng, used, alphabet)],
+                            tool_call_turns=rng.choice(["mask", "only"]),
+                            last_turn_only=rng.random() < 0.5)  # fmt: skip
 
     batch, length = rng.randint(1, 2), rng.randint(1, 48)
     pool = [m.ids for m in spec.markers]
@@ -129,7 +135,7 @@ def check_case(spec, ids, layout, block, seed):
     expected, stats = mask_labels_reference(
         ids, spec, generator=torch.Generator().manual_seed(seed), return_stats=True, **layout
     )
-    labels, trained, roles = run_triton(ids, spec, block, seed=seed, with_stats=True, **layout)
+    labels, triton_stats = run_triton(ids, spec, block, seed=seed, with_stats=True, **layout)
     torch_labels, torch_stats = mask_labels(
         ids, spec, generator=torch.Generator().manual_seed(seed), backend="torch",
         return_stats=True, **layout,
@@ -137,8 +143,8 @@ def check_case(spec, ids, layout, block, seed):
     context = f"\n{spec}\nids={ids.tolist()}\nlayout={layout}\nblock={block}"
     assert labels.dtype == ids.dtype, context
     assert labels.tolist() == expected.tolist() == torch_labels.tolist(), context
-    assert trained.tolist() == stats["trained"].tolist() == torch_stats["trained"].tolist()
-    assert roles.tolist() == stats["role_tokens"].tolist() == torch_stats["role_tokens"].tolist()
+    for key in ("trained", "role_tokens", "dropped_turns"):
+        assert triton_stats[key].tolist() == stats[key].tolist() == torch_stats[key].tolist(), key
 
 
 @pytest.mark.parametrize("group", range(10))
@@ -170,6 +176,29 @@ def test_random_cases_cover_every_option():
                    "initial:True", "ignore_prob:0.5", "ignore_prob:1.0"):  # fmt: skip
         assert option in seen, option
     assert chunked >= 120, chunked  # cases whose rows are cut into several chunks
+
+
+@pytest.mark.parametrize("group", range(6))
+def test_random_tool_call_turns_match_oracle_and_torch_backend(group):
+    """Rule 5 (and rule 6 with it) across chunks: tiny blocks cut the turns, so a turn's call
+    is often in another chunk than some of its tokens."""
+    rng = random.Random(2000 + group)
+    for _ in range(20):  # 6 groups x 20 = 120 cases
+        check_case(*random_case(rng, tools=True))
+
+
+def test_random_tool_call_cases_cover_both_modes_across_chunks():
+    seen: set = set()
+    chunked = 0
+    for group in range(6):
+        rng = random.Random(2000 + group)
+        for _ in range(20):
+            spec, ids, _, block, _ = random_case(rng, tools=True)
+            chunks = block is not None and ids.shape[1] > block
+            chunked += chunks
+            seen.add((spec.tool_call_turns, spec.last_turn_only, chunks))
+    assert len(seen) == 8, seen  # mask/only x last_turn_only x chunked
+    assert chunked >= 45, chunked  # of 120
 
 
 # --- chunk boundaries, by hand ---------------------------------------------------------------
@@ -301,8 +330,8 @@ def test_int64_ids_beyond_int32_never_match_a_marker():
 def test_stats_count_trained_tokens_and_role_tokens_per_row():
     ids = torch.tensor([[1, 20, 5, 2, 1, 21, 7, 2, 1, 22, 8, 8, 2, 0], [1, 22, 8, 2] + [0] * 10])
     mask = torch.tensor([[1] * 13 + [0], [1] * 4 + [0] * 10])
-    labels, trained, roles = run_triton(ids, CHATML, block=16, attention_mask=mask,
-                                        with_stats=True)  # fmt: skip
+    labels, stats = run_triton(ids, CHATML, block=16, attention_mask=mask, with_stats=True)
+    trained, roles = stats["trained"], stats["role_tokens"]
     assert labels[0].tolist() == [N] * 10 + [8, 8, 2, N]
     assert trained.tolist() == [3, 2]
     # columns: system, user, assistant, tool, none (header tokens count with their role)
@@ -396,7 +425,7 @@ COMPILE_FOR_H100 = textwrap.dedent("""
     def compile_(fn, ids, consts, num_warps):
         types = {"ids_ptr": ids, "labels_ptr": ids, "real_ptr": "*i1", "start_ptr": "*i1",
                  "train_ptr": "*i1", "uniforms_ptr": "*fp32", "prob": "fp32",
-                 "mk_word_ptr": "*i32"}
+                 "mk_word_ptr": "*i32", "calls_ptr": "*i32", "kept_ptr": "*i32"}
         names = fn.arg_names
         signature = {n: "constexpr" if n in consts else types.get(n, "*i64" if n.endswith("_ptr")
                      else "i32") for n in names}
@@ -408,9 +437,11 @@ COMPILE_FOR_H100 = textwrap.dedent("""
     for ids, nstates, block, on in (("*i64", 4, 1024, True), ("*i32", 2, 256, False)):
         consts = dict(M=7, K=3, R=4, RP=8, NSTATES=nstates, N_IGNORE=2 * on, BLOCK=block,
                       BLOCK_C=64, HAS_REAL=on, HAS_START=on, HAS_UNIFORMS=on, CARRY=on,
-                      TRAIN_EOT=not on, LAST_TURN=on, WITH_STATS=on)
+                      TRAIN_EOT=not on, LAST_TURN=on, WITH_STATS=on, TOOL=2 * on,
+                      CALLS_PASS=False)
         for kernel in (tb._summarize_kernel, tb._carry_kernel, tb._label_kernel):
             compile_(kernel, ids, consts, num_warps=block // 256)
+        compile_(tb._label_kernel, ids, {**consts, "CALLS_PASS": True}, num_warps=block // 256)
     print("compiled")
 """)
 

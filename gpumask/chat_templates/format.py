@@ -79,8 +79,9 @@ class ChatFormat:
     def spec(
         self, tokenizer: Any = None, *, train_tool_calls: bool = True, train_thinking: bool = True
     ) -> MaskSpec:
-        """The `MaskSpec` of this format: tool calls masked as a span if not `train_tool_calls`,
-        reasoning blocks if not `train_thinking`."""
+        """The `MaskSpec` of this format: tool calls masked as a span if not `train_tool_calls`
+        (else their opening marks the turns that call, for `tool_call_turns`), reasoning blocks
+        masked if not `train_thinking`."""
         spans = [([list(i) for i in o], [list(i) for i in c]) for o, c in self.masked_spans]
         if not train_thinking:
             if self.reasoning is None:
@@ -110,8 +111,10 @@ class ChatFormat:
         roles = {role: [list(i) for i in alts] for role, alts in self.headers.items()}
         if not train_thinking and self.reasoning[2]:  # reasoning turns: a role that never trains
             roles["reasoning"] = [list(i) for i in self.reasoning[0]]
+        calls = self.tool_call[0] if self.tool_call and train_tool_calls else None
         return MaskSpec(
             roles=roles,
+            tool_call=[list(i) for i in calls] if calls else None,
             end_of_turn=[list(i) for i in self.end_of_turn] or None,
             masked_spans=spans,
             tokenizer=tokenizer,
