@@ -210,7 +210,7 @@ def check_template(
             messages = r.messages
             result.conversations += 1
             calls = sum(len(m.get("tool_calls") or ()) for m in messages)
-            if calls and not any(a.kind == "call" for a in r.anchors):
+            if calls and result.status == "agree" and not any(a.kind == "call" for a in r.anchors):
                 result.status = "calls dropped"
             trained = labels_of(spec, r.ids)
             problems = disagreements(spec, r, trained, inline)

@@ -23,6 +23,7 @@ WORDS = (
     "apple river Paris blue quantum seven 42 3.14 cat's (maybe) über naïve 東京 ok, yes! well: "
     "stop. why? [x] <b> a-b x_y {k} #5 @me 100% --flag $9 emoji🙂 tab\there Москва done."
 ).split(" ")
+VALUES = tuple(w for w in WORDS if w.isalnum() and w.isascii())
 FUNCTIONS = ("get_weather", "search_flights", "convert_units")
 TOOLS = [
     {
@@ -51,7 +52,7 @@ def text(rng: random.Random, lines: bool = True) -> str:
 
 
 def _call(rng: random.Random, n: int, string_arguments: bool) -> dict:
-    arguments = {"query": rng.choice(WORDS[:12])}
+    arguments = {"query": rng.choice(VALUES)}  # ASCII: as JSON, written as it is
     return {
         "id": f"call{n:05d}",
         "type": "function",
