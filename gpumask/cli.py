@@ -264,6 +264,22 @@ def check(args: argparse.Namespace) -> int:
     return 2 if report.refused else 0 if report.ok else 1
 
 
+def _tokenizer_arguments(cmd: argparse.ArgumentParser) -> None:
+    """--tokenizer and --chat-template, which every subcommand takes."""
+    cmd.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="DIR",
+        help="tokenizer folder (or a model name in the local Hugging Face cache)",
+    )
+    cmd.add_argument(
+        "--chat-template",
+        type=Path,
+        metavar="FILE",
+        help="a Jinja chat template to use instead of the tokenizer's own",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the `gpumask` command."""
     top = argparse.ArgumentParser(prog="gpumask", description="Completion-only label masking.")
@@ -278,18 +294,7 @@ def parser() -> argparse.ArgumentParser:
         '"content"}, ...]} or {"text": "..."}.',
     )
     cmd.add_argument("data", type=Path, help="the JSONL file, one conversation per line")
-    cmd.add_argument(
-        "--tokenizer",
-        required=True,
-        metavar="DIR",
-        help="tokenizer folder (or a model name in the local Hugging Face cache)",
-    )
-    cmd.add_argument(
-        "--chat-template",
-        type=Path,
-        metavar="FILE",
-        help="a Jinja chat template to use instead of the tokenizer's own",
-    )
+    _tokenizer_arguments(cmd)
     cmd.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML page")
     colors = cmd.add_mutually_exclusive_group()
     colors.add_argument(
@@ -335,18 +340,7 @@ def parser() -> argparse.ArgumentParser:
         "contents: a table per type, the first disagreement shown with trained text between "
         "[[ and ]]. Exit status 1 on any disagreement, 2 when the template is refused.",
     )
-    cmd.add_argument(
-        "--tokenizer",
-        required=True,
-        metavar="DIR",
-        help="tokenizer folder (or a model name in the local Hugging Face cache)",
-    )
-    cmd.add_argument(
-        "--chat-template",
-        type=Path,
-        metavar="FILE",
-        help="a Jinja chat template to use instead of the tokenizer's own",
-    )
+    _tokenizer_arguments(cmd)
     cmd.add_argument("-n", type=int, default=20, help="conversations per type (default 20)")
     cmd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return top
