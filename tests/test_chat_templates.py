@@ -431,3 +431,18 @@ def test_tool_results_with_no_boundary_token_are_a_partial_format():
 def test_readme_section_is_generated_from_the_detected_formats():
     with open(README_SECTION, encoding="utf-8") as f:
         assert f.read() == readme_section(), "regenerate with python scripts/which_tokens.py"
+
+
+def test_from_tokenizer_is_cached_per_vocabulary_and_template():
+    tok = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "qwen2_5"))
+    first = MaskSpec.from_tokenizer(tok)
+    assert MaskSpec.from_tokenizer(tok) is first  # read once
+    assert MaskSpec.from_tokenizer(tok, last_turn_only=True).last_turn_only
+    tok.add_tokens(["<|not_a_marker|>"])  # a new vocabulary is read again
+    again = MaskSpec.from_tokenizer(tok)
+    assert again is not first and again == first.replace(vocab_size=again.vocab_size)
+
+
+def test_from_tokenizer_given_a_path_says_to_load_it():
+    with pytest.raises(MaskSpecError, match=re.escape("tokenizer: got the path 'some/dir'")):
+        MaskSpec.from_tokenizer("some/dir")
