@@ -9,6 +9,10 @@ runs on the same batch as a tensor; "every token" is the torch backend run on ev
 under ``torch.compile`` or on a GPU, instead of skipping the runs of plain tokens as eager CPU
 calls do.
 
+A second table prices rule 5 (`tool_call_turns`): the same batches with a tool-call token in
+about one turn in three, masked with `tool_call_turns="only"` and `"mask"` against the same
+call without the option, interleaved rounds, eager and on every token.
+
     python benchmarks/masking_vs_trl.py [--rounds 7] [--threads 1]
 """
 
@@ -78,6 +82,37 @@ def compare(dense: bool, rounds: int, tok, size: int = 64, length: int = 8192) -
     }
 
 
+TOOL_CALL = 151657  # Qwen2.5's <tool_call>
+
+
+def tool_call_cost(dense: bool, rounds: int, size: int = 64, length: int = 8192) -> dict:
+    """Medians (seconds) of mask_labels without rule 5 and with "only" and "mask", eager and
+    on every token, on a batch where about one turn in three holds a tool call."""
+    batch = chat_batch(size, length, dense, seed=0)
+    ids = batch.input_ids.clone()
+    g = torch.Generator().manual_seed(1)
+    content = ids > 1000  # content tokens (benchmarks.data draws them from 1000 up)
+    ids[content & (torch.rand(ids.shape, generator=g) < 1 / 300)] = TOOL_CALL
+    specs = {
+        "without": batch.spec,
+        "only": batch.spec.replace(tool_call=[TOOL_CALL], tool_call_turns="only"),
+        "mask": batch.spec.replace(tool_call=[TOOL_CALL], tool_call_turns="mask"),
+    }
+    runs = {}
+    for name, spec in specs.items():
+        runs[f"{name} eager"] = lambda spec=spec: gpumask.mask_labels(ids, spec, backend="torch")
+        runs[f"{name} every token"] = lambda spec=spec: mask_every_token(
+            Batch(ids), spec, -100, False
+        )[0]
+    for name, fn in runs.items():  # tables built, and both paths agree
+        assert torch.equal(fn(), runs[name.split()[0] + " eager"]()), name
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            times[name].append(seconds(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
@@ -106,6 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['parent'] * 1e3:>12.1f}{r['loop'] * 1e3:>18.1f}"
                 f"{r['mask_labels'] * 1e3:>13.1f}{r['every_token'] * 1e3:>13.1f}  {verdict}"
             )
+        print("\ntool_call_turns (rule 5), same batches with a tool call in ~1 turn in 3, ms")
+        print("{:<7}{:<12}{:>9}{:>9}{:>9}  cost of 'only', 'mask'".format(
+            "case", "path", "without", "only", "mask"))  # fmt: skip
+        for dense in (False, True):
+            r = tool_call_cost(dense, args.rounds)
+            for path in ("eager", "every token"):
+                base, only, mask = (r[f"{name} {path}"] for name in ("without", "only", "mask"))
+                print(
+                    f"{'dense' if dense else 'sparse':<7}{path:<12}{base * 1e3:>9.1f}"
+                    f"{only * 1e3:>9.1f}{mask * 1e3:>9.1f}  "
+                    f"+{(only / base - 1) * 100:.0f}%, +{(mask / base - 1) * 100:.0f}%"
+                )
     return 0
 
 

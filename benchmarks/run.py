@@ -19,7 +19,7 @@ Torch runs on one CPU thread unless ``--threads`` says otherwise: collators run 
 workers, which PyTorch sets to one thread, and one thread is not thrown off by a busy machine.
 
     python benchmarks/run.py            # the full grid: results/<machine>-<date>.json and .png
-    python benchmarks/run.py --quick    # B=64, T=1024 and 4096: what `make demo` prints
+    python benchmarks/run.py --quick    # B=64, T=1024 and 4096 only: a quick look
 """
 
 from __future__ import annotations

@@ -36,7 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gpumask import display
+import numpy as np
+
+from gpumask import __version__, display
+from gpumask.empty_turns import count_empty_turns, empty_turns_message
 from gpumask.spec import MaskSpec, MaskSpecError
 
 
@@ -66,11 +69,30 @@ def _check_messages(messages: Any, where: str) -> None:
             raise DataError(f"{field}.content': expected a string, got {content!r:.80}")
 
 
-def read_conversations(path: Path, tokenizer: Any) -> list[tuple[int, list[int]]]:
+def drops_tool_calls(tokenizer: Any, messages: list[dict], tools: Any, text: str) -> bool:
+    """Whether the chat template renders `messages` (which hold `tool_calls`) as `text` with
+    or without their tool calls alike: then it drops them, as SmolLM2's and Zephyr's do."""
+    if not any(m.get("tool_calls") for m in messages):
+        return False
+    bare = [
+        {**{k: v for k, v in m.items() if k != "tool_calls"}, "content": m.get("content") or ""}
+        for m in messages
+    ]
+    try:
+        return tokenizer.apply_chat_template(bare, tools=tools, tokenize=False) == text
+    except Exception:  # a template that needs the tool calls renders them
+        return False
+
+
+def read_conversations(
+    path: Path, tokenizer: Any, dropped_tool_calls: list[int] | None = None
+) -> list[tuple[int, list[int]]]:
     """(line number, token ids) for each non-blank line of the JSONL file at `path`.
 
     Raises :class:`DataError` naming the line and the field of the first bad line, e.g.
     ``chats.jsonl:3: field 'messages[1].role': expected a non-empty string, got None``.
+    The numbers of the lines whose `tool_calls` the chat template does not render are
+    appended to `dropped_tool_calls` when it is given.
     """
     out = []
     with open(path, encoding="utf-8") as lines:
@@ -78,12 +100,16 @@ def read_conversations(path: Path, tokenizer: Any) -> list[tuple[int, list[int]]
             if not line.strip():
                 continue
             where = f"{path}:{number}:"
+            line = line.rstrip("\r\n")  # a JSON error's column then counts on this line
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise DataError(
-                    f"{where} not valid JSON ({error.msg}, column {error.colno})"
-                ) from None
+                at = (
+                    "at the end of the line: truncated?"
+                    if error.pos >= len(line.rstrip())
+                    else f"column {error.colno}"
+                )
+                raise DataError(f"{where} not valid JSON ({error.msg}, {at})") from None
             if not isinstance(record, dict):
                 raise DataError(
                     f"{where} expected a JSON object with 'messages' or 'text', "
@@ -111,6 +137,10 @@ def read_conversations(path: Path, tokenizer: Any) -> list[tuple[int, list[int]]
                     raise DataError(
                         f"{where} field 'messages': the chat template rejected it: {error}"
                     ) from None
+                if dropped_tool_calls is not None and drops_tool_calls(
+                    tokenizer, record["messages"], tools, text
+                ):
+                    dropped_tool_calls.append(number)
             out.append((number, tokenizer.encode(text, add_special_tokens=False)))
     return out
 
@@ -160,10 +190,44 @@ def _load_tokenizer(name: str, chat_template: Path | None) -> Any:
     return tokenizer
 
 
+def _conversations(n: int, more: str = "") -> str:
+    return f"{n} {more}conversation{'' if n == 1 else 's'}"
+
+
+def _warnings(
+    rows: list[display.MaskedRow], names: list[str], spec: MaskSpec, dropped: list[int]
+) -> list[str]:
+    """What the summary warns about: tool calls the template drops, turns that train only
+    their end-of-turn token."""
+    out = []
+    if dropped:
+        lines = ", ".join(str(n) for n in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
+        out.append(
+            f"the chat template does not render `tool_calls`: {_conversations(len(dropped))} "
+            f"(line {lines}) {'loses its' if len(dropped) == 1 else 'lose their'} tool calls; "
+            "a turn that held only tool calls trains only its end-of-turn token"
+        )
+    counts = np.array(
+        [
+            int(count_empty_turns(np.array([row.ids]), np.array([row.trained]), spec)[0])
+            if row.ids
+            else 0
+            for row in rows
+        ]
+    )
+    message = empty_turns_message(counts, names)
+    if message is not None:
+        out.append(message)
+    return out
+
+
 def show(args: argparse.Namespace) -> int:
     """`gpumask show`: print the masked conversations, write the HTML page, print the summary."""
     tokenizer = _load_tokenizer(args.tokenizer, args.chat_template)
-    conversations = read_conversations(args.data, tokenizer)
+    dropped: list[int] = []
+    conversations = read_conversations(args.data, tokenizer, dropped)
+    if not conversations:
+        raise DataError(f"{args.data}: no conversations (the file is empty or all blank lines)")
     spec = MaskSpec.from_tokenizer(tokenizer, **_spec_overrides(args))
     rows = display.mask_rows([ids for _, ids in conversations], spec)
     names = [f"line {number}" for number, _ in conversations]
@@ -175,7 +239,7 @@ def show(args: argparse.Namespace) -> int:
         not args.no_color and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     )
     shown = len(rows) if args.max_rows is None else min(args.max_rows, len(rows))
-    print(f"{args.data}: {len(rows)} conversations, tokenizer {args.tokenizer}")
+    print(f"{args.data}: {_conversations(len(rows))}, tokenizer {args.tokenizer}")
     print(repr(spec))
     print(display.legend(color))
     for name, row in list(zip(names, rows, strict=True))[:shown]:
@@ -185,12 +249,19 @@ def show(args: argparse.Namespace) -> int:
         if row.reason:
             print(f"(no token trains: {row.reason})")
     if shown < len(rows):
-        print(f"\n({len(rows) - shown} more conversations not shown; --max-rows)")
+        print(f"\n({_conversations(len(rows) - shown, 'more ')} not shown; --max-rows)")
     print("\n--- summary")
     print(display.format_summary(rows, names))
+    for warning in _warnings(rows, names, spec, dropped):
+        print(f"warning: {warning}")
     if args.html is not None:
         page = display.html_page(
-            rows, decode, names, title=f"gpumask show: {args.data.name}", header=repr(spec)
+            rows,
+            decode,
+            names,
+            title=f"gpumask show: {args.data.name}",
+            header=repr(spec),
+            spec=spec,
         )
         args.html.write_text(page, encoding="utf-8")
         print(f"wrote {args.html}")
@@ -210,19 +281,8 @@ def check(args: argparse.Namespace) -> int:
     return 2 if report.refused else 0 if report.ok else 1
 
 
-def parser() -> argparse.ArgumentParser:
-    """The argument parser of the `gpumask` command."""
-    top = argparse.ArgumentParser(prog="gpumask", description="Completion-only label masking.")
-    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cmd = commands.add_parser(
-        "show",
-        help="print conversations with their trained tokens highlighted",
-        description="Print each conversation of a JSONL file with its trained tokens "
-        "highlighted, and a summary (tokens per role, trained share, rows in which "
-        'nothing trains and why). Each line: {"messages": [{"role", '
-        '"content"}, ...]} or {"text": "..."}.',
-    )
-    cmd.add_argument("data", type=Path, help="the JSONL file, one conversation per line")
+def _tokenizer_arguments(cmd: argparse.ArgumentParser) -> None:
+    """--tokenizer and --chat-template, which every subcommand takes."""
     cmd.add_argument(
         "--tokenizer",
         required=True,
@@ -235,6 +295,23 @@ def parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a Jinja chat template to use instead of the tokenizer's own",
     )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the `gpumask` command."""
+    top = argparse.ArgumentParser(prog="gpumask", description="Completion-only label masking.")
+    top.add_argument("--version", action="version", version=f"gpumask {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cmd = commands.add_parser(
+        "show",
+        help="print conversations with their trained tokens highlighted",
+        description="Print each conversation of a JSONL file with its trained tokens "
+        "highlighted, and a summary (tokens per role, trained share, rows in which "
+        'nothing trains and why). Each line: {"messages": [{"role", '
+        '"content"}, ...]} or {"text": "..."}.',
+    )
+    cmd.add_argument("data", type=Path, help="the JSONL file, one conversation per line")
+    _tokenizer_arguments(cmd)
     cmd.add_argument("--html", type=Path, metavar="FILE", help="also write an HTML page")
     colors = cmd.add_mutually_exclusive_group()
     colors.add_argument(
@@ -280,18 +357,7 @@ def parser() -> argparse.ArgumentParser:
         "contents: a table per type, the first disagreement shown with trained text between "
         "[[ and ]]. Exit status 1 on any disagreement, 2 when the template is refused.",
     )
-    cmd.add_argument(
-        "--tokenizer",
-        required=True,
-        metavar="DIR",
-        help="tokenizer folder (or a model name in the local Hugging Face cache)",
-    )
-    cmd.add_argument(
-        "--chat-template",
-        type=Path,
-        metavar="FILE",
-        help="a Jinja chat template to use instead of the tokenizer's own",
-    )
+    _tokenizer_arguments(cmd)
     cmd.add_argument("-n", type=int, default=20, help="conversations per type (default 20)")
     cmd.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     return top

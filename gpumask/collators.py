@@ -7,7 +7,7 @@ the GPU, through the hook of :func:`gpumask.attach`.
 Example::
 
     >>> from transformers import AutoTokenizer
-    >>> tok = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")  # Qwen2.5's own
     >>> spec = MaskSpec(roles={"user": "<|im_start|>user\\n",
     ...                        "assistant": "<|im_start|>assistant\\n"},
     ...                 end_of_turn="<|im_end|>", tokenizer=tok)
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpumask.empty_turns import count_empty_turns, warn_empty_turns
 from gpumask.masking import check_ignore_index, mask_labels, prepare
 from gpumask.padding import (
     Row,
@@ -128,7 +129,9 @@ class CompletionCollator:
         max_length: truncate longer rows (on `tokenizer.truncation_side`, default right).
         ignore_index: the label of untrained tokens (Hugging Face losses skip -100 only).
         padding_side: "left" or "right"; default the tokenizer's, else right.
-        warn: warn (`NoTrainedTokensWarning`) on rows with no trained token (mask_on="batch").
+        warn: warn (mask_on="batch") on rows with no trained token (`NoTrainedTokensWarning`)
+            and on turns that train only their end-of-turn token (`EmptyTurnWarning`: what a
+            chat template that drops `tool_calls` makes of a tool-calling turn).
         seed: seeds the draws of `spec.ignore_token_prob` (a probability between 0 and 1), so
             the dropped tokens are the same run after run. In DataLoader workers each worker
             draws its own stream, seeded from (`seed`, its worker id); see below.
@@ -256,6 +259,8 @@ class CompletionCollator:
                     self.truncation_side,
                 )  # fmt: skip
                 warn_untrained("CompletionCollator", len(labels), reasons, stacklevel=3)
+                empty = count_empty_turns(input_ids, labels != self.ignore_index, self.spec)
+                warn_empty_turns("CompletionCollator", empty)
         if self.padding_free:
             return self._flatten(input_ids, keep, labels)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -1,14 +1,19 @@
-"""``make demo``: what gpumask trains on a real chat, and how fast, in under a minute on a CPU.
+"""``make demo`` (or ``python -m gpumask.demo``): what gpumask trains on a real chat.
 
-1. Renders a multi-turn tool-calling conversation with the bundled Qwen2.5 tokenizer's own
-   chat template, reads the chat format off it (:meth:`gpumask.MaskSpec.from_tokenizer`),
-   masks it and prints it with the trained tokens highlighted and the tokens per role.
-2. Times trl 0.19.1's ``DataCollatorForCompletionOnlyLM`` against gpumask on synthetic
-   64-row batches (``benchmarks/run.py --quick``) and prints the table.
+1. Renders a multi-turn tool-calling conversation with a real tokenizer and chat template,
+   reads the chat format off the template (:meth:`gpumask.MaskSpec.from_tokenizer`), masks it
+   and prints it with the trained tokens highlighted and the tokens per role.
+2. Collates two rows with :class:`gpumask.CompletionCollator`, one of them cut by
+   `max_length` right after an assistant header, and shows the labels it returns and the
+   warning about the row that trains nothing.
 
-No network, no GPU::
+The tokenizer ships inside the package (``gpumask/demo_data``: SmolLM2's tokenizer with
+Qwen2.5's chat template, which renders tool calls), so the demo runs from an installed
+package, with no network and no GPU::
 
-    python -m gpumask.demo [--no-bench] [--no-color]
+    python -m gpumask.demo [--no-color]
+
+Timings are not part of it: ``make bench`` in a clone of the repository.
 """
 
 from __future__ import annotations
@@ -16,14 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
+import warnings
+from importlib import resources
 from typing import Any
 
 from gpumask import display
+from gpumask.collators import CompletionCollator
 from gpumask.spec import MaskSpec
-
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = ROOT / "tests" / "fixtures" / "tokenizers" / "qwen2_5"
 
 TOOLS = [
     {
@@ -68,62 +72,76 @@ CONVERSATION = [
 ]
 
 
-def masked_conversation(tokenizer: Any) -> tuple[MaskSpec, display.MaskedRow]:
-    """The demo conversation rendered, tokenized and masked with the tokenizer's own format."""
-    text = tokenizer.apply_chat_template(CONVERSATION, tools=TOOLS, tokenize=False)
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    spec = MaskSpec.from_tokenizer(tokenizer)
-    return spec, display.mask_rows([ids], spec)[0]
-
-
-def show_conversation(color: bool) -> None:
+def load_tokenizer() -> Any:
+    """The tokenizer bundled in ``gpumask/demo_data`` (read from the installed package)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    return AutoTokenizer.from_pretrained(str(resources.files("gpumask") / "demo_data"))
+
+
+def masked_conversation(tokenizer: Any) -> tuple[MaskSpec, display.MaskedRow]:
+    """The demo conversation rendered, tokenized and masked with the tokenizer's own format."""
+    spec = MaskSpec.from_tokenizer(tokenizer)
+    return spec, display.mask_rows([conversation_ids(tokenizer)], spec)[0]
+
+
+def conversation_ids(tokenizer: Any, messages: list = CONVERSATION, tools: list | None = TOOLS):
+    """Token ids of `messages` rendered with the tokenizer's chat template."""
+    text = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def show_conversation(tokenizer: Any, color: bool) -> MaskSpec:
     spec, row = masked_conversation(tokenizer)
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    print("1. A tool-calling conversation, Qwen2.5's chat template; the format it detected:")
+    print("1. A tool-calling conversation (Qwen2.5's chat template); the format read off it:")
     print(repr(spec))
     print(display.legend(color) + "\n")
     print(display.format_row(row, decode, color=color).rstrip("\n"))
     print()
     print(display.format_summary([row], ["the conversation"]))
+    return spec
 
 
-def show_benchmark() -> None:
-    if not (ROOT / "benchmarks" / "run.py").exists():
-        print("\n2. Benchmark: benchmarks/ is not here (run the demo from a clone of the repo).")
-        return
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    from benchmarks import run
+def _find(ids: list[int], marker: tuple[int, ...]) -> int:
+    return next(p for p in range(len(ids)) if tuple(ids[p : p + len(marker)]) == marker)
 
+
+def show_collator(tokenizer: Any, spec: MaskSpec) -> None:
+    hello = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+    short = conversation_ids(tokenizer, [CONVERSATION[0], *hello], tools=None)
+    long = conversation_ids(tokenizer)
+    header = spec.roles["assistant"][0]
+    cut = _find(long, header) + len(header)  # right after the first assistant header
+    collate = CompletionCollator(tokenizer, spec, max_length=cut)
     print(
-        "\n2. Collating 64 rows of synthetic ChatML (ragged lengths up to T), "
-        "median ms per batch; (Nx) = N times faster than trl 0.19.1:"
+        f"\n2. CompletionCollator(tokenizer, spec, max_length={cut}) on a {len(short)}-token "
+        f"chat and on the conversation above ({len(long)} tokens: cut right after its first "
+        "assistant header):"
     )
-    report = run.run(run.QUICK_GRID, run.implementations(cuda=False, quick=True))
-    info = report["machine"]
-    print(
-        f"{info['label']}, {info['torch_threads']} torch thread (as in a DataLoader worker), "
-        f"load average {report['load_before'][0]:.1f}"
-    )
-    print(run.table(report))
-    print("Full grid, JSON and plot: make bench")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = collate([{"input_ids": short}, {"input_ids": long}])
+    for key, value in batch.items():
+        print(f"   {key}: {value.dtype}, shape {tuple(value.shape)}")
+    labels = batch["labels"][0]
+    trained = tokenizer.decode(labels[labels != -100])
+    print(f"   row 0 trains {trained!r}; row 1 trains nothing, and the collator says why:")
+    for warning in caught:
+        print(f"   {warning.category.__name__}: {warning.message}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--no-bench", action="store_true", help="skip the timing table")
     parser.add_argument("--no-color", action="store_true", help="mark trained text with [[ ]]")
     args = parser.parse_args(argv)
     color = not args.no_color and sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    show_conversation(color)
-    if not args.no_bench:
-        show_benchmark()
+    tokenizer = load_tokenizer()
+    spec = show_conversation(tokenizer, color)
+    show_collator(tokenizer, spec)
     return 0
 
 

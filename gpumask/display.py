@@ -141,19 +141,56 @@ def segments(ids: Sequence[int], trained: Sequence, decode: Decode) -> list[tupl
         >>> segments([5, 6, 7], [False, True, True], lambda ids: "".join(map(str, ids)))
         [('5', False), ('67', True)]
     """
-    out: list[tuple[str, Any]] = []
+    return runs(ids, trained, decode)
+
+
+def runs(ids: Sequence[int], keys: Sequence, decode: Decode) -> list[tuple[str, object]]:
+    """The row's text cut into runs of tokens with equal `keys`: `[(text, key), ...]`.
+
+    Example::
+
+        >>> runs([5, 6, 7], ["user", "user", None], lambda ids: "".join(map(str, ids)))
+        [('56', 'user'), ('7', None)]
+    """
+    out: list[tuple[str, object]] = []
     start = 0
     for end in range(1, len(ids) + 1):
-        if end == len(ids) or trained[end] != trained[start]:
+        if end == len(ids) or keys[end] != keys[start]:
             before = list(ids[max(0, start - _CONTEXT) : start])
             context = decode(before) if before else ""
             text = decode(before + list(ids[start:end]))
             text = (
                 text[len(context) :] if text.startswith(context) else decode(list(ids[start:end]))
             )
-            out.append((text, trained[start]))
+            out.append((text, keys[start]))
             start = end
     return out
+
+
+def token_roles(ids: Sequence[int], spec: MaskSpec) -> tuple[str | None, ...]:
+    """The role of each token's turn (its content and end of turn), None for header tokens
+    and tokens between turns; read with the spec set to train each role in turn.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> token_roles([1, 10, 5, 2, 3, 1, 11, 6, 2], spec)
+        (None, None, 'user', 'user', None, None, None, 'assistant', 'assistant')
+    """
+    row = torch.tensor([[int(i) for i in ids]], dtype=torch.int64)
+    out: list[str | None] = [None] * len(ids)
+    for role in spec.role_names:
+        view = spec.replace(
+            train_roles=(role,),
+            train_on_end_of_turn=True,
+            last_turn_only=False,
+            masked_spans=(),
+            ignore_token_ids=(),
+        )
+        labels, _ = mask_labels(row, view, return_stats=True)  # (no warning for a role absent)
+        for t in (labels[0] != -100).nonzero().flatten().tolist():
+            out[t] = role
+    return tuple(out)
 
 
 def _ansi(text: str, style: str) -> str:
@@ -246,36 +283,61 @@ def format_summary(rows: Sequence[MaskedRow], names: Sequence[str] | None = None
     return "\n".join(lines)
 
 
+# Text colours of the roles in the HTML page, in the order of `spec.role_names`.
+ROLE_COLOURS = ("#1f5fbf", "#8a3ffc", "#b35c00", "#007d79", "#a2191f", "#5c6b00")
+
+
+def _role_class(role: str | None, role_names: Sequence[str]) -> str:
+    return "r-none" if role is None else f"r{role_names.index(role) % len(ROLE_COLOURS)}"
+
+
 def html_page(
     rows: Sequence[MaskedRow],
     decode: Decode,
     names: Sequence[str] | None = None,
     title: str = "gpumask: trained tokens",
     header: str = "",
+    spec: MaskSpec | None = None,
 ) -> str:
     """A self-contained HTML page: the summary, then every row with trained tokens highlighted.
 
-    `header` (plain text, e.g. the spec's repr) is shown under the title.
+    `header` (plain text, e.g. the spec's repr) is shown under the title. With `spec`, each
+    turn's text is coloured by its role (:func:`token_roles`), with a legend of the colours;
+    headers and the text between turns are grey.
     """
     names = list(names) if names is not None else [f"row {i}" for i in range(len(rows))]
+    role_names = list(spec.role_names) if spec is not None else []
     body = [f"<h1>{html.escape(title)}</h1>"]
     if header:
         body.append(f"<pre class='spec'>{html.escape(header)}</pre>")
     body.append(f"<pre class='summary'>{html.escape(format_summary(rows, names))}</pre>")
-    body.append("<p>Trained tokens are <span class='t'>highlighted</span>.</p>")
+    legend_items = ["Trained tokens are <span class='t'>highlighted</span>."]
+    if spec is not None:
+        legend_items += [
+            f"<span class='{_role_class(r, role_names)}'>{html.escape(r)}</span>"
+            for r in role_names
+        ]
+        legend_items.append("<span class='r-none'>headers and between turns</span>")
+    body.append(f"<p class='legend'>{' '.join(legend_items)}</p>")
     for name, row in zip(names, rows, strict=True):
-        spans = "".join(
-            f"<span class='{kind[0]}'>{html.escape(text)}</span>" if kind else html.escape(text)
-            for text, kind in segments(row.ids, _kinds(row), decode)
-        )
-        body.append(f"<h2>{html.escape(row_heading(row, name))}</h2><pre>{spans}</pre>")
+        roles = token_roles(row.ids, spec) if spec is not None else (None,) * len(row.ids)
+        spans = []
+        for text, (role, kind) in runs(row.ids, list(zip(roles, _kinds(row))), decode):
+            classes = _role_class(role, role_names) + {"trained": " t", "dropped": " d"}.get(
+                kind, ""
+            )
+            label = html.escape(role or "no role", quote=True)
+            spans.append(f"<span class='{classes}' title='{label}'>{html.escape(text)}</span>")
+        body.append(f"<h2>{html.escape(row_heading(row, name))}</h2><pre>{''.join(spans)}</pre>")
         if row.reason:
             body.append(f"<p class='why'>No token trains: {html.escape(row.reason)}</p>")
+    colours = "".join(f".r{i}{{color:{c}}}" for i, c in enumerate(ROLE_COLOURS))
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;max-width:70em}"
         "pre{white-space:pre-wrap;background:#f6f8fa;padding:1em;border-radius:6px;color:#777}"
-        "pre.summary,pre.spec{color:#000}"
-        ".t{background:#b7f0b1;color:#000}.d{text-decoration:line-through;color:#b00}"
+        "pre.summary,pre.spec{color:#000}.r-none{color:#999}" + colours + ""
+        ".t{background:#b7f0b1;font-weight:600}.d{text-decoration:line-through;color:#b00}"
+        ".legend span{margin-right:1em}"
         ".why{color:#b00}h2{font-size:1em}"
     )
     return (

@@ -32,8 +32,10 @@ A plain loop::
 With `Trainer`: `gpumask.attach(model, spec)`, then `Trainer(model=model,
 data_collator=CompletionCollator(tok, spec, mask_on="step"), ...)`. The Trainer sees no labels
 in the batch, so it does not count trained tokens across gradient-accumulation steps
-(`num_items_in_batch`): each micro-batch loss is a mean over its own trained tokens. Its
-evaluation loss needs labels in the batch: give the eval dataset a `mask_on="batch"` collator.
+(`num_items_in_batch`): each micro-batch loss is a mean over its own trained tokens. For an
+`eval_loss`, attach with `training_only=False` and pass `TrainingArguments(label_names=
+["input_ids"])`, so that Trainer computes the loss of evaluation batches, which carry no labels
+(the README's "Evaluation in step mode").
 """
 
 from __future__ import annotations
@@ -53,8 +55,9 @@ _MASK_KWARGS = ("ignore_index", "generator", "backend")
 class MaskingHook:
     """The forward pre-hook `attach` registers; `remove()` (or `detach(model)`) takes it off.
 
-    `last_stats` holds `{"trained": [B], "role_tokens": [B, R + 1]}` of the last masked call
-    when attached with `stats=True` (tensors on the model's device, never synchronised).
+    `last_stats` holds the stats of the last masked call (`trained`, `role_tokens`,
+    `dropped_turns`, as :func:`gpumask.mask_labels` gives them) when attached with
+    `stats=True` (tensors on the model's device, never synchronised).
     """
 
     def __init__(

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import torch
 
@@ -21,6 +22,12 @@ from gpumask.torch_backend import mask_labels_torch
 from gpumask.torch_backend import tables as torch_tables
 
 BACKENDS = ("auto", "torch", "triton")
+
+
+class BatchTrainsNothingWarning(UserWarning):
+    """`mask_labels` gave a batch in which no token trains (every label is `ignore_index`)."""
+
+
 _INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
@@ -160,6 +167,28 @@ def prepare(spec: MaskSpec, device: torch.device | str = "cpu", backend: str = "
     torch_tables(spec, device)  # the Triton backend falls back to the torch backend
 
 
+def warn_if_nothing_trains(labels: torch.Tensor, ignore_index: int) -> None:
+    """Warn (:class:`BatchTrainsNothingWarning`) when no label of the batch trains.
+
+    Reading the answer is a host sync, so :func:`mask_labels` calls this only where that costs
+    nothing: eager calls on CPU tensors, without `return_stats` (whose counts say it already).
+    On CUDA and under `torch.compile` or CUDA graphs nothing is checked; pass
+    `return_stats=True` and log `stats["trained"]`.
+    """
+    if bool((labels != ignore_index).any()):
+        return
+    batch, length = labels.shape
+    rows = "the row" if batch == 1 else f"all {batch} rows"
+    warnings.warn(
+        f"mask_labels: no token of this [{batch}, {length}] batch trains (every label of "
+        f"{rows} is ignore_index={ignore_index}): no header of a trained role occurs, or "
+        "every trained turn is empty or masked; print(spec) and compare its markers with the "
+        "token ids, or pass return_stats=True for per-row counts",
+        BatchTrainsNothingWarning,
+        stacklevel=3,
+    )
+
+
 def mask_labels(
     input_ids: torch.Tensor,
     spec: MaskSpec,
@@ -184,6 +213,9 @@ def mask_labels(
     with the role they open; the last column counts tokens in no role);
     `stats["dropped_turns"]` `[B]`, turns of a trained role that `tool_call_turns` dropped
     (rule 5: with "mask" the turns that call a tool, with "only" the others; 0 with "train").
+    Without `return_stats`, an eager call on CPU tensors in which no token trains warns
+    (:class:`BatchTrainsNothingWarning`); CUDA and compiled calls are not checked, as that
+    would need a host sync.
 
     `cu_seqlens` are offsets that never decrease (`[0, 3, 7]`). They are checked for CPU
     tensors in eager calls; on CUDA, or under `torch.compile`, checking would stop for the
@@ -205,4 +237,8 @@ def mask_labels(
     else:
         run = mask_labels_torch
     labels, stats = run(batch, spec, ignore_index, return_stats)
-    return (labels, stats) if return_stats else labels
+    if return_stats:
+        return labels, stats
+    if input_ids.device.type == "cpu" and not torch.compiler.is_compiling():
+        warn_if_nothing_trains(labels, ignore_index)
+    return labels

@@ -155,7 +155,8 @@ def template_reason(
 
 
 def _trains(row: list[int], spec: MaskSpec) -> bool:
-    return bool((mask_labels(torch.tensor([row]), spec) != -100).any())
+    labels, _ = mask_labels(torch.tensor([row]), spec, return_stats=True)  # (no warning)
+    return bool((labels != -100).any())
 
 
 def explain_untrained(row: Sequence[int], spec: MaskSpec, role_tokens: dict[str, int]) -> str:

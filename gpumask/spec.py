@@ -123,7 +123,7 @@ def is_id_list(value: Any) -> bool:
     )
 
 
-def _encode_in_context(tokenizer: Any, text: str) -> list[tuple[int, ...]]:
+def encode_in_context(tokenizer: Any, text: str) -> list[tuple[int, ...]]:
     """Every distinct tokenization of `text` as it appears after each of `CONTEXTS`, and
     before each of `RIGHT_CONTEXTS`.
 
@@ -179,7 +179,7 @@ def _alternatives(value: Any, what: str, tokenizer: Any) -> list[tuple[int, ...]
                     f"{what}: marker {item!r} is a str; pass tokenizer= to "
                     "encode it, or give token ids"
                 )
-            encoded = _encode_in_context(tokenizer, item)
+            encoded = encode_in_context(tokenizer, item)
             if not encoded:
                 raise MaskSpecError(f"{what}: marker {item!r} encodes to no tokens")
             out.extend(e for e in encoded if e not in out)
@@ -474,7 +474,28 @@ class MaskSpec:
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any, **overrides: Any) -> MaskSpec:
-        """Read the chat format off `tokenizer.chat_template` (:mod:`gpumask.chat_templates`)."""
+        """Read the chat format off `tokenizer.chat_template` (:mod:`gpumask.chat_templates`).
+
+        Args:
+            tokenizer: a fast Hugging Face tokenizer with a chat template.
+            **overrides: `chat_template=` (a Jinja template to read instead of the tokenizer's
+                own), `train_tool_calls=False` (mask the assistant's tool calls),
+                `train_thinking=False` (mask reasoning blocks), and any `MaskSpec` keyword
+                argument, which replaces what was read, e.g. `last_turn_only=True` or
+                `train_roles=("assistant", "tool")`.
+
+        It checks its result on rendered probe conversations and a few random ones before
+        returning. A conversation type it cannot tell apart is left out with a
+        :class:`~gpumask.TemplateWarning` naming it (as is a format whose replies have no end
+        of turn); it raises :class:`MaskSpecError` naming the probe and what is missing when
+        it cannot read the format at all. Example::
+
+            >>> from transformers import AutoTokenizer
+            >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
+            >>> spec = MaskSpec.from_tokenizer(tok, last_turn_only=True)
+            >>> spec.role_names, spec.last_turn_only
+            (('system', 'user', 'assistant'), True)
+        """
         from gpumask.chat_templates import spec_from_tokenizer
 
         return spec_from_tokenizer(tokenizer, **overrides)

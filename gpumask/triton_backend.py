@@ -17,7 +17,8 @@ load. Markers, their overlaps and their coverage therefore never cross chunks as
 launcher picks BLOCK so that B x T gives a few programs per SM (4 x 131072 and 64 x 512 both
 fill an H100); a row that fits in one block runs as one chunk with no halo and one kernel.
 
-State that does cross chunks is three "last event" quantities and one count:
+State that does cross chunks is three "last event" quantities and one count (and, for rule
+5, a mark per turn, below):
 - role: the code of the last role event (sequence start, header, end of turn's end);
 - span: the state map of the masked-span automaton (states 0 = none, k + 1 = span k open),
   packed as 4-bit entries (int32 up to 7 span kinds, int64 up to 15) and composed; with one
@@ -32,6 +33,14 @@ So a row with several chunks takes three launches:
    at each sequence's end): the state entering every chunk.
 3. `_label_kernel` (grid B x NC): recomputes its chunk with the carried state, writes labels
    and, with stats, adds per-row counts with atomics.
+Rule 5 (`tool_call_turns` "mask" or "only") needs to know, at every token, whether its turn
+holds a tool call anywhere, before or after it, in this chunk or another. The label kernel
+then runs twice (also for one-chunk rows): first as a calls pass that numbers each token's
+turn (the carried turn count plus the chunk's own starts) and marks `calls[b, turn]` with an
+atomic max where a call starts in a turn of a trained role outside every span; then as the
+label pass, which reads its turn's mark (one gather from a `[B, T + 2]` int32 table). With
+`last_turn_only` a torch cumsum between the two turns the marks into kept turns up to each
+turn, and a token trains when no kept turn lies between its own and its sequence's last.
 Inside a window everything is a scan over BLOCK lanes (`tl.associative_scan`, `tl.cumsum`)
 plus a one-lane shift (`tl.gather`); no `[B, T, M]` tensor exists. Matching keeps the K
 shifted id vectors (int32, -1 where a token is padding, past a sequence start or out of
@@ -64,13 +73,14 @@ labels, except `last_turn_only`, which needs the sequence's end); a summary pass
 event position (reductions, no coverage scan); vectorised layouts (Triton picks one lane per
 thread here, so each scan runs BLOCK / (32 x warps) warp-level scans); BLOCK and num_warps.
 
-Example (on CPU, under TRITON_INTERPRET=1)::
+Example (on a CUDA device, else on the CPU under TRITON_INTERPRET=1)::
 
     >>> import torch
     >>> from gpumask import MaskSpec
+    >>> device = "cuda" if torch.cuda.is_available() else "cpu"
     >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
     >>> from gpumask.padding import Batch
-    >>> ids = torch.tensor([[1, 10, 5, 2, 1, 11, 6, 7, 2, 9]])
+    >>> ids = torch.tensor([[1, 10, 5, 2, 1, 11, 6, 7, 2, 9]], device=device)
     >>> labels, _ = mask_labels_triton(Batch(ids), spec, -100, False)
     >>> labels.tolist()
     [[-100, -100, -100, -100, -100, -100, 6, 7, 2, -100]]
@@ -546,8 +556,10 @@ def mask_labels_triton(
 
     Example::
 
+        >>> from gpumask import MaskSpec
+        >>> device = "cuda" if torch.cuda.is_available() else "cpu"
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
-        >>> batch = Batch(torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]]))
+        >>> batch = Batch(torch.tensor([[1, 11, 6, 2, 1, 11, 7, 2]], device=device))
         >>> mask_labels_triton(batch, spec, -100, False)[0].tolist()
         [[-100, -100, 6, 2, -100, -100, 7, 2]]
     """

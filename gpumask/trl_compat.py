@@ -1,12 +1,12 @@
-"""`DataCollatorForCompletionOnlyLM`: a drop-in for TRL's class (trl <= 0.19.1), masked by gpumask.
+r"""`DataCollatorForCompletionOnlyLM`: a drop-in for TRL's class (trl <= 0.19.1), masked by gpumask.
 
 Change one import and keep the rest::
 
     # from trl import DataCollatorForCompletionOnlyLM
     from gpumask import DataCollatorForCompletionOnlyLM
 
-    collator = DataCollatorForCompletionOnlyLM("<|im_start|>assistant\\n",
-                                               "<|im_start|>user\\n", tokenizer=tok)
+    collator = DataCollatorForCompletionOnlyLM("<|im_start|>assistant\n",
+                                               "<|im_start|>user\n", tokenizer=tok)
 
 Same arguments, same output keys (`padding_free=True` included), same labels as trl 0.19.1
 wherever TRL is right:
@@ -30,7 +30,7 @@ It differs on purpose where TRL is wrong:
 Example::
 
     >>> from transformers import AutoTokenizer
-    >>> tok = AutoTokenizer.from_pretrained("Qwen/Qwen2.5-0.5B-Instruct")
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")  # Qwen2.5's own
     >>> collate = DataCollatorForCompletionOnlyLM("<|im_start|>assistant\n",
     ...                                           "<|im_start|>user\n", tokenizer=tok)
     >>> text = ("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
@@ -75,7 +75,7 @@ def _alternatives(tokenizer: Any, template: Template) -> list:
 
 
 class DataCollatorForCompletionOnlyLM:
-    """Pads examples and masks every token that is not a completion; see the module docstring.
+    r"""Pads examples and masks every token that is not a completion; see the module docstring.
 
     Args:
         response_template: the text (or ids) that starts a response, e.g. "### Assistant:".
@@ -97,6 +97,8 @@ class DataCollatorForCompletionOnlyLM:
 
     Example (a tool turn between replies, which TRL's single instruction template trains)::
 
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
         >>> collate = DataCollatorForCompletionOnlyLM(
         ...     "<|im_start|>assistant\n", ["<|im_start|>user\n", "<|im_start|>tool\n"],
         ...     tokenizer=tok)

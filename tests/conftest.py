@@ -1,16 +1,10 @@
-"""Test set-up. Triton's interpreter runs kernels on CPU tensors, but only when
-TRITON_INTERPRET=1 is set before triton is first imported, so it is set here, first thing,
-on machines without an NVIDIA GPU."""
+"""Test set-up: fixture paths, and `cuda` tests skipped without a CUDA device. The environment
+(TRITON_INTERPRET, HF_HUB_OFFLINE) is set by the conftest.py at the repository root."""
 
 import os
-import shutil
 
-if shutil.which("nvidia-smi") is None:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 TOKENIZERS = os.path.join(FIXTURES, "tokenizers")

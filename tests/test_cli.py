@@ -336,7 +336,8 @@ def test_html_page_shows_each_conversation_and_the_summary(tmp_path, capsys):
     assert code == 0
     assert capsys.readouterr().out.endswith(f"wrote {page}\n")
     html = page.read_text()
-    assert "<span class='t'>Paris.&lt;|eot_id|&gt;</span>" in html
+    assert "<span class='r2 t' title='assistant'>Paris.&lt;|eot_id|&gt;</span>" in html
+    assert "<span class='r2'>assistant</span>" in html  # the legend: role colours
     assert "1 row, 17 tokens, 3 trained (17.6%)" in html
     assert html.count("<h2>") == 1
 

@@ -88,7 +88,7 @@ def test_tool_call_turns_match_oracle(case):
     assert_same(*run_both(case, lambda *a, **k: mask_labels(*a, backend="torch", **k)))
 
 
-@settings(max_examples=1000, deadline=None, derandomize=True)
+@settings(max_examples=500, deadline=None, derandomize=True)
 @given(masking_cases(tool_calls=True))
 def test_tool_call_turns_on_every_token_match_oracle(case):
     assert_same(*run_both(case, on_every_token))

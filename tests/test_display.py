@@ -16,6 +16,7 @@ from gpumask.display import (
     mask_rows,
     row_heading,
     segments,
+    token_roles,
 )
 
 # user = [1, 10], assistant = [1, 11], end of turn = [2], masked span [7] ... [8]
@@ -156,20 +157,45 @@ def test_html_page_escapes_text_and_highlights_trained_runs():
     page = html_page(rows, decode, ["line 1", "line 2"], title="chats & more")
     assert "<title>chats &amp; more</title>" in page
     assert (
-        "<pre>&lt;1&gt;&lt;10&gt;&lt;5&gt;&lt;2&gt;&lt;1&gt;&lt;11&gt;"
-        "<span class='t'>&lt;b&gt;&lt;2&gt;</span></pre>"
+        "<pre><span class='r-none' title='no role'>&lt;1&gt;&lt;10&gt;&lt;5&gt;&lt;2&gt;&lt;1&gt;"
+        "&lt;11&gt;</span><span class='r-none t' title='no role'>&lt;b&gt;&lt;2&gt;</span></pre>"
     ) in page
     assert (
         "<p class='why'>No token trains: no header of a trained role (&#x27;assistant&#x27;)"
         " found</p>" in page
     )
-    assert page.count("<span class='t'>") == 2  # one trained run, one in the legend
+    assert page.count(" t'") == 1 and page.count("<span class='t'>") == 1  # one run, the legend
+
+
+def test_html_page_with_spec_colours_each_role_and_has_a_legend():
+    rows = mask_rows([QA + [3]], SPEC)
+    page = html_page(rows, brackets, ["line 1"], spec=SPEC)
+    assert (
+        "<p class='legend'>Trained tokens are <span class='t'>highlighted</span>. "
+        "<span class='r0'>user</span> <span class='r1'>assistant</span> "
+        "<span class='r-none'>headers and between turns</span></p>"
+    ) in page
+    assert (
+        "<pre><span class='r-none' title='no role'>&lt;1&gt;&lt;10&gt;</span>"
+        "<span class='r0' title='user'>&lt;5&gt;&lt;2&gt;</span>"
+        "<span class='r-none' title='no role'>&lt;1&gt;&lt;11&gt;</span>"
+        "<span class='r1 t' title='assistant'>&lt;6&gt;&lt;2&gt;</span>"
+        "<span class='r-none' title='no role'>&lt;3&gt;</span></pre>"
+    ) in page
+    assert ".r0{color:#1f5fbf}.r1{color:#8a3ffc}" in page
+
+
+def test_token_roles_give_each_turn_its_role_even_when_masked():
+    ids = [1, 10, 5, 7, 6, 8, 2, 1, 11, 6, 2, 3]
+    assert token_roles(ids, SPEC.replace(last_turn_only=True)) == (
+        (None, None) + ("user",) * 5 + (None, None) + ("assistant",) * 2 + (None,)
+    )
 
 
 def test_demo_conversation_trains_the_replies_and_tool_calls_only():
-    from gpumask.demo import TOKENIZER, masked_conversation
+    from gpumask.demo import load_tokenizer, masked_conversation
 
-    tok = AutoTokenizer.from_pretrained(str(TOKENIZER))
+    tok = load_tokenizer()
     _, row = masked_conversation(tok)
     runs = [text for text, trained in segments(row.ids, row.trained, tok.decode) if trained]
     assert runs == [
@@ -180,5 +206,5 @@ def test_demo_conversation_trains_the_replies_and_tool_calls_only():
         "<|im_end|>",
         "Yes: 27 °C and a 23 °C sea. Go for it.<|im_end|>",
     ]
-    assert row.n_trained == 89
-    assert row.role_tokens == {"system": 144, "user": 91, "assistant": 101, "(no role)": 9}
+    assert row.n_trained == 112
+    assert row.role_tokens == {"system": 175, "user": 103, "assistant": 128, "(no role)": 9}

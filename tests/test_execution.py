@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from chatml import parse, spec
+from chatml import CALL, parse, spec
 
 from gpumask import mask_labels
 
@@ -19,6 +19,17 @@ def test_traces_under_torch_compile_fullgraph_with_no_graph_break():
     labels, stats = compiled(ids, position_ids)
     assert labels[0].tolist() == expected
     assert stats["trained"].tolist() == [3]
+
+
+def test_tool_call_turns_trace_under_torch_compile_fullgraph():
+    chat = spec(tool_call=[CALL], tool_call_turns="only", last_turn_only=True)
+    ids, expected = parse("@user q E nl @assistant *a *<call> *E nl @tool t E nl @assistant b E")
+    compiled = torch.compile(
+        lambda x: mask_labels(x, chat, return_stats=True), fullgraph=True, backend="eager"
+    )
+    labels, stats = compiled(ids)
+    assert labels[0].tolist() == expected
+    assert stats["dropped_turns"].tolist() == [1]
 
 
 def test_compiled_with_inductor_gives_the_same_labels():

@@ -52,11 +52,12 @@ class Template:
     Rendering fields (read off the template text): `eot` is the text that ends an assistant
     turn (several: whichever comes first; None: nothing does, the next header ends a reply,
     and `headers` lists the texts a header starts with); `call_open` the text a tool call
-    starts with; `reply_prefix` text the template writes in front of every reply's content
-    (Llama 2's space after ``[/INST]``); `think` the text a rendered reasoning block starts
-    with (``<think>``), or `reasoning_turns` when reasoning is an assistant turn of its own
-    (harmony's analysis channel); `inline_results` the wrapper of a tool result rendered
-    inside the assistant's turn.
+    starts with; `reply_prefix` the text the template writes between a header and a reply's
+    content that the generation prompt lacks (Llama 2's space after ``[/INST]``); `think`
+    the texts a rendered reasoning block starts and ends with (``<think>``, ``</think>``),
+    and `reasoning_turns` when that block is an assistant turn of its own (harmony's analysis
+    channel); `inline_results` the wrapper of a tool result rendered inside the assistant's
+    turn.
     """
 
     name: str
@@ -77,14 +78,14 @@ class Template:
     arguments: str = "dict"  # tool-call arguments it accepts: "dict", "string" or "both"
     call_open: str = ""
     call_content: bool = True  # renders an assistant's content beside its calls
-    calls_without_content: bool = True  # renders a call whose content is None
     max_calls: int = 2
     quotes_tool_results: bool = False  # tool results rendered as JSON strings
     inline_results: tuple[str, str] | None = None
-    think: str = ""
-    reasoning_turns: bool = False
+    think: tuple[str, str] | None = None  # a rendered reasoning block: (open, close)
+    reasoning_turns: bool = False  # the reasoning block is an assistant turn of its own
     trims: bool = False  # strips whitespace around contents
-    reply_prefix: str = ""
+    reply_prefix: str = ""  # trains with the reply
+    classes: tuple[int, ...] = ()  # the failure classes of issue 10 it exercises
 
     def __post_init__(self):
         assert self.expected in OUTCOMES, self.expected
@@ -109,7 +110,7 @@ class Template:
             "consecutive user turns": not self.alternating,
             "consecutive replies": not self.alternating,
             "tool call": self.tools == "calls",
-            "tool call without content": self.tools == "calls" and self.calls_without_content,
+            "tool call without content": self.tools == "calls",
             "several tool calls": self.tools == "calls" and self.max_calls > 1,
             "reply after a tool result": bool(self.tools),
             "reasoning": bool(self.think) or self.reasoning_turns,
@@ -171,6 +172,7 @@ KIMI += (
     "<|tool_call_end|>",
 )
 HARMONY = ("<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>", "<|call|>")
+THINK = ("<think>", "</think>")
 GEMMA = ("<start_of_turn>", "<end_of_turn>")
 GEMMA4 = ("<|turn>", "<turn|>", "<|tool_call>", "<tool_call|>", "<|tool_response>")
 GEMMA4 += ("<tool_response|>", '<|"|>')
@@ -187,6 +189,7 @@ ZOO = {
             "<|im_end|>",
             tools="calls",
             call_open="<tool_call>",
+            classes=(12,),
         ),
         Template(
             "qwen3_think",
@@ -195,8 +198,9 @@ ZOO = {
             "<|im_end|>",
             tools="calls",
             call_open="<tool_call>",
-            think="<think>",
+            think=THINK,
             trims=True,
+            plain=THINK,
         ),
         Template(
             "hermes2_pro_tools",
@@ -205,6 +209,7 @@ ZOO = {
             "<|im_end|>",
             tools="calls",
             call_open="<tool_call>",
+            classes=(4,),
         ),
         Template(
             "llama2_inst_sys",
@@ -214,8 +219,9 @@ ZOO = {
             alternating=True,
             reply_prefix=" ",
             trims=True,
+            classes=(6, 7),
         ),
-        Template("llama3", "Llama 3 Instruct", LLAMA3, "<|eot_id|>", trims=True),
+        Template("llama3", "Llama 3 Instruct", LLAMA3, "<|eot_id|>", trims=True, tools="results"),
         Template(
             "llama3_1_tools",
             "Llama 3.1 (ipython role, dict or string arguments)",
@@ -228,6 +234,7 @@ ZOO = {
             max_calls=1,
             quotes_tool_results=True,
             trims=True,
+            classes=(2,),
         ),
         Template(
             "llama3_2_dated",
@@ -235,6 +242,7 @@ ZOO = {
             LLAMA3,
             "<|eot_id|>",
             trims=True,
+            classes=(11,),
         ),
         Template(
             "llama3_2_clock",
@@ -242,6 +250,7 @@ ZOO = {
             LLAMA3,
             "<|eot_id|>",
             trims=True,
+            classes=(11,),
         ),
         Template(
             "mistral_v1",
@@ -263,6 +272,7 @@ ZOO = {
             call_content=False,
             reply_prefix=" ",
             trims=True,
+            classes=(7,),
         ),
         Template(
             "mistral_v7_tekken",
@@ -273,6 +283,7 @@ ZOO = {
             excluded="consecutive replies",
             special=("<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"),
             **LLAMA_EOS,
+            classes=(8,),
         ),
         Template(
             "mixtral_8x22b",
@@ -282,6 +293,7 @@ ZOO = {
             special=("[INST]", "[/INST]"),
             alternating=True,
             reply_prefix=" ",
+            classes=(7,),
         ),
         Template(
             "gemma2",
@@ -311,6 +323,7 @@ ZOO = {
             excluded="consecutive replies",
             special=PHI3,
             system=False,
+            classes=(7, 8),
         ),
         Template(
             "phi3_5",
@@ -326,6 +339,7 @@ ZOO = {
             QWEN,
             "<|im_end|>",
             special=("<|im_sep|>",),
+            tools="results",
         ),
         Template(
             "deepseek_v2",
@@ -348,6 +362,327 @@ ZOO = {
             arguments="string",
             call_open="<｜tool▁calls▁begin｜>",
             **DEEPSEEK,
+            classes=(1, 2, 3),
+        ),
+        Template(
+            "command_r",
+            "Command-R (Cohere turn tokens, a ~500-token default preamble around the system)",
+            LLAMA3,
+            "<|END_OF_TURN_TOKEN|>",
+            special=COHERE,
+            bos="<BOS_TOKEN>",
+            classes=(5,),
+        ),
+        Template(
+            "command_a_tools",
+            "Command-A (<|START_RESPONSE|>, plans and <|START_ACTION|> calls, results in "
+            "system turns)",
+            LLAMA3,
+            "<|END_OF_TURN_TOKEN|>",
+            special=COMMAND_A,
+            bos="<BOS_TOKEN>",
+            tools="calls",
+            call_open="<|START_ACTION|>",
+            quotes_tool_results=True,
+            classes=(5,),
+        ),
+        Template(
+            "exaone3_5",
+            "EXAONE 3.5 ([|role|], a user turn ended by a newline only)",
+            LLAMA3,
+            "[|endofturn|]",
+            special=EXAONE,
+            tools="results",
+        ),
+        Template(
+            "exaone4_tools",
+            "EXAONE 4.0 ([|endofturn|], <think>, <tool_call>, [|tool|] results)",
+            LLAMA3,
+            "[|endofturn|]",
+            special=EXAONE,
+            tools="calls",
+            call_open="<tool_call>",
+            quotes_tool_results=True,
+            think=THINK,
+            trims=True,
+            plain=THINK,
+            classes=(4,),
+        ),
+        Template(
+            "granite3_tools",
+            "Granite 3.1 (<|start_of_role|>, dated default system, <|tool_call|>)",
+            LLAMA3,
+            "<|end_of_text|>",
+            special=GRANITE,
+            tools="calls",
+            call_open="<|tool_call|>",
+            classes=(11,),
+        ),
+        Template(
+            "falcon",
+            "Falcon Instruct ('User: ' / 'Falcon: ', no end of turn)",
+            QWEN,
+            None,
+            expected="no end of turn",
+            headers=("System:", "User:", "Falcon:"),
+            reply_prefix=" ",
+            classes=(9,),
+        ),
+        Template(
+            "solar",
+            "SOLAR Instruct ('### User:' / '### Assistant:', no end of turn)",
+            SPM,
+            None,
+            expected="no end of turn",
+            headers=("### System:", "### User:", "### Assistant:"),
+            classes=(9,),
+        ),
+        Template(
+            "chatqa",
+            "Llama3-ChatQA-1.5 ('User: ' / 'Assistant: ', no end of turn)",
+            LLAMA3,
+            None,
+            expected="no end of turn",
+            headers=("System:", "User:", "Assistant:"),
+            reply_prefix=" ",
+            classes=(9,),
+        ),
+        Template(
+            "amberchat",
+            "AmberChat ('###Human: ' / '###Assistant: ', no end of turn)",
+            SPM,
+            None,
+            expected="no end of turn",
+            headers=("###Human:", "###Assistant:"),
+            reply_prefix=" ",
+            classes=(9,),
+        ),
+        Template(
+            "llava",
+            "LLaVA 1.5 ('USER: q ASSISTANT: reply ', no end of turn)",
+            SPM,
+            None,
+            expected="no end of turn",
+            headers=("USER:", "ASSISTANT:"),
+            reply_prefix=" ",
+            classes=(9,),
+        ),
+        Template(
+            "metharme",
+            "Metharme / Pygmalion-2 (<|user|> / <|model|> glued to the text, no end of turn)",
+            SPM,
+            None,
+            expected="no end of turn",
+            plain=("<|system|>", "<|user|>", "<|model|>"),
+            headers=("<|system|>", "<|user|>", "<|model|>"),
+            classes=(1, 9),
+        ),
+        Template(
+            "alpaca",
+            "Alpaca ('### Instruction:' / '### Response:', no end of turn)",
+            LLAMA3,
+            None,
+            expected="no end of turn",
+            headers=("### Instruction:", "### Response:"),
+            classes=(9,),
+        ),
+        Template(
+            "chatglm4",
+            "GLM-4-9B-Chat ([gMASK]<sop><|role|>, the next <|user|> ends a reply)",
+            QWEN,
+            None,
+            expected="no end of turn",
+            special=GLM,
+            tools="results",
+            headers=("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+            classes=(9,),
+        ),
+        Template(
+            "glm4_5_tools",
+            "GLM-4.5 (<think>, <arg_key>/<arg_value> calls, <|observation|>, no end of turn)",
+            QWEN,
+            None,
+            expected="no end of turn",
+            special=GLM45,
+            tools="calls",
+            call_open="<tool_call>",
+            think=THINK,
+            trims=True,
+            headers=("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"),
+            classes=(9,),
+        ),
+        Template(
+            "nemotron4",
+            "Nemotron-4 Instruct (<extra_id_1>User, the user turn writes <extra_id_1>Assistant, "
+            "no end of turn)",
+            SPM,
+            None,
+            expected="no end of turn",
+            special=("<extra_id_0>", "<extra_id_1>"),
+            headers=("<extra_id_0>", "<extra_id_1>"),
+            classes=(9,),
+        ),
+        Template(
+            "kimi_k2_tools",
+            "Kimi-K2 (<|im_user|>user<|im_middle|>, default system, functions.NAME:i calls)",
+            QWEN,
+            "<|im_end|>",
+            special=KIMI,
+            tools="calls",
+            arguments="both",
+            call_open="<|tool_calls_section_begin|>",
+            classes=(2,),
+        ),
+        Template(
+            "gpt_oss_harmony",
+            "gpt-oss harmony (analysis and final channels, <|return|> after the last reply)",
+            QWEN,
+            ("<|end|>", "<|return|>"),
+            special=HARMONY,
+            think=("<|channel|>analysis<|message|>", "<|end|>"),
+            reasoning_turns=True,
+        ),
+        Template(
+            "gemma4_tools",
+            "Gemma 4 (<|turn>, inline <|tool_response>response:NAME, no header for a second reply)",
+            LLAMA3,
+            "<turn|>",
+            expected="partial",
+            excluded="consecutive replies",
+            special=GEMMA4 + ("<|tool>", "<tool|>", "<|channel>", "<channel|>"),
+            tools="calls",
+            call_open="<|tool_call>",
+            inline_results=("<|tool_response>", "<tool_response|>"),
+            think=("<|channel>", "<channel|>"),
+            trims=True,
+            classes=(8, 10),
+        ),
+        Template(
+            "deepseek_r1",
+            "DeepSeek-R1 distill (<｜User｜> not special, <think> in the last replies)",
+            QWEN,
+            DEEPSEEK_ENDS[1],
+            special=DEEPSEEK_ENDS,
+            plain=DEEPSEEK_CHAT[:2] + THINK,
+            think=THINK,
+            **DEEPSEEK,
+            classes=(1,),
+        ),
+        Template(
+            "internlm2",
+            "InternLM2-chat (BOS and ChatML on a SentencePiece vocabulary)",
+            SPM,
+            "<|im_end|>",
+            special=CHATML,
+            tools="results",
+        ),
+        Template(
+            "yi", "Yi-chat (ChatML, no BOS, SentencePiece)", SPM, "<|im_end|>", special=CHATML
+        ),
+        Template(
+            "minicpm",
+            "MiniCPM-2B-sft (<用户>q<AI>reply</s>, the user turn writes <AI>)",
+            SPM,
+            "</s>",
+            expected="partial",
+            excluded="consecutive replies",
+            special=("<用户>", "<AI>"),
+            trims=True,
+            classes=(8,),
+        ),
+        Template(
+            "jamba",
+            "Jamba 1.5 (<|bom|><|role|> content<|eom|>, legacy SentencePiece)",
+            SPM,
+            "<|eom|>",
+            special=JAMBA,
+            bos="<|startoftext|>",
+            trims=True,
+            reply_prefix=" ",
+            tools="results",
+            classes=(7,),
+        ),
+        Template(
+            "olmo2",
+            "OLMo 2 Instruct (plain <|user|> / <|assistant|> tags, <|endoftext|> after replies)",
+            QWEN,
+            "<|endoftext|>",
+            bos="<|endoftext|>",
+            eos="<|endoftext|>",
+            tools="results",
+        ),
+        Template(
+            "smollm3_think",
+            "SmolLM3 (metadata system turn, a <think> block in every reply)",
+            LLAMA3,
+            "<|im_end|>",
+            special=CHATML,
+            think=THINK,
+            classes=(11,),
+        ),
+        Template(
+            "aya_expanse",
+            "Aya Expanse (Cohere turn tokens, no preamble)",
+            LLAMA3,
+            "<|END_OF_TURN_TOKEN|>",
+            special=COHERE,
+            bos="<BOS_TOKEN>",
+        ),
+        Template(
+            "stablelm2_zephyr",
+            "StableLM 2 Zephyr (<|role|> text tags, <|endoftext|>, byte-level)",
+            QWEN,
+            "<|endoftext|>",
+            eos="<|endoftext|>",
+        ),
+        Template(
+            "orca_mini",
+            "orca_mini v3 ('### System:' / '### User:' / '### Assistant:', reply</s>)",
+            SPM,
+            "</s>",
+        ),
+        Template(
+            "vicuna",
+            "Vicuna v1.1 (' USER: ' / ' ASSISTANT: reply</s>', a default system line)",
+            SPM,
+            "</s>",
+            reply_prefix=" ",
+        ),
+        Template(
+            "zephyr", "Zephyr-7B-beta (<|role|> text tags, </s>)", SPM, "</s>", tools="results"
+        ),
+        Template(
+            "openchat",
+            "OpenChat 3.5 ('GPT4 Correct User: ', <|end_of_turn|>)",
+            SPM,
+            "<|end_of_turn|>",
+            special=("<|end_of_turn|>",),
+            tools="results",
+            reply_prefix=" ",
+        ),
+        Template(
+            "dolly",
+            "Dolly v2 ('### Instruction:' / '### Response:', the text '### End')",
+            LLAMA3,
+            "### End",
+            classes=(6,),
+        ),
+        Template(
+            "gpt2_default",
+            "transformers' old default template (text + EOS, no role marker)",
+            SPM,
+            "</s>",
+            expected="refused",
+            refusal="header",
+        ),
+        Template(
+            "llama4",
+            "Llama 4 (<|header_start|>role<|header_end|>, <|eot|>)",
+            LLAMA3,
+            "<|eot|>",
+            special=("<|header_start|>", "<|header_end|>", "<|eot|>"),
+            tools="results",
+            trims=True,
         ),
     ]
 }

@@ -30,13 +30,25 @@ is tokenized with character offsets, and the markers are read as token ids *in c
 
 The BOS and a default system turn (SmolLM2, Qwen) in front of the first message are not part
 of its header. A system message that the template folds into a user turn (Gemma, Mistral)
-gives no system role. Probes the template rejects (strict alternation, no system or tool role)
-are skipped; the rest must be enough, or :class:`MaskSpecError` names what was not found. The
-result is checked on every probe (assistant content trained, everything else's content
-masked) before it is returned.
+gives no system role. A header never holds an end of turn, a function name or a content; an
+end of turn may follow whitespace (Llama 2's ``reply </s>``); a reply with no header after
+tool results (DeepSeek) has their closer as its header; calls are read with dict arguments or
+JSON-string ones, whichever the template renders; tokens added to the vocabulary count as
+control tokens whether or not they are flagged special; probes are rendered at one moment
+(``strftime_now``).
+
+Never silently wrong: the format is checked (:mod:`.check`) on every probe and on a few random
+conversations of each type. A type that fails is left out and reported: `from_tokenizer`
+returns the spec for the rest and warns (:class:`TemplateWarning`), naming the type and what
+goes wrong there; replies with no end of turn give ``end_of_turn=None`` and a warning; a plain
+exchange that fails raises :class:`MaskSpecError`. Probes the template rejects (strict
+alternation, no system or tool role) are skipped. Results are cached per vocabulary and
+template: a second call costs a dictionary lookup.
 
 Example (the Qwen2.5 tokenizer and its own template)::
 
+    >>> from transformers import AutoTokenizer
+    >>> from gpumask import MaskSpec
     >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
     >>> spec = MaskSpec.from_tokenizer(tok)
     >>> spec.roles["assistant"]  # '<|im_start|>assistant\\n', and without the '\\n' it can merge
@@ -67,6 +79,7 @@ def spec_from_tokenizer(
     *,
     chat_template: str | None = None,
     train_tool_calls: bool = True,
+    train_thinking: bool = True,
     **overrides: Any,
 ) -> MaskSpec:
     """The `MaskSpec` of `tokenizer`'s chat template (see the module docstring).
@@ -76,12 +89,16 @@ def spec_from_tokenizer(
         chat_template: a Jinja template to read instead of `tokenizer.chat_template`.
         train_tool_calls: train the assistant's tool calls (default); False masks them as a
             span (needs a template that wraps calls in an open and a close marker).
+        train_thinking: train the reasoning blocks of replies (default); False masks them as
+            a span, from their opening text (``<think>``) through their close.
         **overrides: `MaskSpec` keyword arguments that replace what was detected, e.g.
             `last_turn_only=True`, `train_roles=("assistant", "tool")`, `masked_spans=[...]`.
 
     Example::
 
-        >>> spec = spec_from_tokenizer(tok, last_turn_only=True)  # Qwen2.5
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
+        >>> spec = spec_from_tokenizer(tok, last_turn_only=True)
         >>> spec.roles["assistant"], spec.last_turn_only
         (((151644, 77091, 198), (151644, 77091)), True)
     """
@@ -106,20 +123,22 @@ def spec_from_tokenizer(
         raise MaskSpecError(str(chat_format))
     for message in chat_format.warnings:
         warnings.warn(message, TemplateWarning, stacklevel=3)
-    spec_key = (key, train_tool_calls, _hashable(overrides))
+    spec_key = (key, train_tool_calls, train_thinking, _hashable(overrides))
     spec = _SPECS.get(spec_key)
     if spec is None:
-        spec = chat_format.spec(tokenizer, train_tool_calls=train_tool_calls)
+        spec = chat_format.spec(
+            tokenizer, train_tool_calls=train_tool_calls, train_thinking=train_thinking
+        )
         if overrides:
             spec = spec.replace(tokenizer=tokenizer, **overrides)
-        if key[0] is not None and spec_key[2] is not None:
+        if key[0] is not None and spec_key[3] is not None:
             _SPECS[spec_key] = spec
     return spec
 
 
-# Formats read (or refusals), per (vocabulary, template): the second `from_tokenizer` call on a
-# tokenizer costs a dictionary lookup. A tokenizer's vocabulary is fingerprinted once per object (and
-# again if tokens are added to it).
+# Formats read (or refusals), per (vocabulary, template): the second `from_tokenizer` call on
+# a tokenizer costs a dictionary lookup. A tokenizer's vocabulary is fingerprinted once per
+# object (and again if tokens are added to it).
 _FORMATS: dict[tuple, ChatFormat | MaskSpecError] = {}
 _SPECS: dict[tuple, MaskSpec] = {}
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

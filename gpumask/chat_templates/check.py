@@ -17,13 +17,16 @@ A gap with a message in it that left no anchor (an empty content) is not checked
 
 Example (the Qwen2.5 tokenizer)::
 
+    >>> from transformers import AutoTokenizer
+    >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
     >>> spec = MaskSpec.from_tokenizer(tok)
     >>> from gpumask.chat_templates.probes import render_probes
     >>> r = render_probes(tok, None)["user, assistant"][0]
     >>> disagreements(spec, r)
     []
-    >>> disagreements(spec.replace(end_of_turn=None), r)[0]
-    "token 14 '\\n' between the assistant's content and the end would train"
+    >>> wrong = spec.replace(roles={"assistant": [[151644]]})  # '<|im_start|>', the only role
+    >>> disagreements(wrong, r)[0]
+    "token 24 'V' of the user's content would train"
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ def labels_of(spec: MaskSpec, ids: list[int]) -> list[bool]:
 
     if not ids:
         return []
-    labels = mask_labels(torch.tensor([ids]), spec, backend="torch")[0]
-    return (labels != -100).tolist()
+    labels, _ = mask_labels(torch.tensor([ids]), spec, backend="torch", return_stats=True)
+    return (labels[0] != -100).tolist()
 
 
 def disagreements(
@@ -56,7 +59,7 @@ def disagreements(
     problems: list[str] = []
 
     def who(a) -> str:
-        return f"the {a.role}'s {'tool call' if a.kind == 'call' else 'content'}"
+        return f"the {a.role}'s {'tool call' if a.kind == 'call' else a.kind}"
 
     for a in r.anchors:
         want = a.role == "assistant"
@@ -78,6 +81,8 @@ def disagreements(
             continue  # a message the template renders with nothing to anchor it (no content)
         if prev is not None and prev.role == "tool" and inline_results:
             continue  # a reply that goes on after a tool result inside its own turn
+        if nxt is None and r.generation_prompt:
+            continue  # what a generation prompt adds is not trained data
         end = lo  # trained from the start: the end of a reply, its end of turn
         while prev is not None and prev.role == "assistant" and end < hi and trained[end]:
             end += 1
@@ -87,7 +92,7 @@ def disagreements(
             and nxt.role == "assistant"
             and start > end
             and trained[start - 1]
-            and (nxt.kind == "call" or r.ws(start - 1))
+            and (nxt.kind != "content" or r.ws(start - 1))
         ):
             start -= 1
         late = next((t for t in range(end, start) if trained[t]), None)
@@ -167,11 +172,12 @@ def check_template(
 
     Example (the Qwen2.5 tokenizer)::
 
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/qwen2_5")
         >>> report = check_template(tok, n=3)
         >>> report.ok, [(t.kind, t.status) for t in report.types][:2]
         (True, [('exchange', 'agree'), ('system prompt', 'agree')])
     """
-    from gpumask.chat_templates.conversations import conversation
     from gpumask.chat_templates.format import detect_chat_format
     from gpumask.chat_templates.reading import Reader
 
@@ -195,28 +201,16 @@ def check_template(
             return report
     rng = random.Random(seed)
     for kind in TYPES:
-        probes = [rs[0] for rs in reader.renderings.values() if rs[0].type == kind]
-        if not probes:
+        renderings = random_renderings(tokenizer, template, reader, kind, n, rng)
+        if renderings is None:
             report.types.append(TypeReport(kind, "not rendered"))
             continue
-        probe = probes[0]
-        call = next((m for m in probe.messages if m.get("tool_calls")), None)
-        style = {
-            "string_arguments": bool(call)
-            and isinstance(call["tool_calls"][0]["function"]["arguments"], str),
-            "bare_content": "" if call is not None and call["content"] == "" else None,
-        }
         result = TypeReport(kind, "refused" if kind in unsupported else "agree")
-        for _ in range(n):
-            messages, tools = conversation(kind, rng, **style)
-            r = render(
-                tokenizer, template, 0, Probe(kind, kind, (), bool(tools), False), messages, tools
-            )
-            if r is None:
-                continue
+        for r in renderings:
+            messages = r.messages
             result.conversations += 1
             calls = sum(len(m.get("tool_calls") or ()) for m in messages)
-            if calls and not any(a.kind == "call" for a in r.anchors):
+            if calls and result.status == "agree" and not any(a.kind == "call" for a in r.anchors):
                 result.status = "calls dropped"
             trained = labels_of(spec, r.ids)
             problems = disagreements(spec, r, trained, inline)
@@ -224,12 +218,40 @@ def check_template(
                 result.disagreeing += 1
                 if not result.first:
                     result.first = f"{problems[0]}\n{highlight(r, trained)}"
-        if result.disagreeing and result.status == "agree":
+        if result.disagreeing and result.status != "refused":
             result.status = "disagree"
         if result.status == "refused":
             result.first = result.first and f"(from_tokenizer warned) {result.first}"
         report.types.append(result)
     return report
+
+
+def random_renderings(
+    tokenizer: Any, template: str | None, reader: Any, kind: str, n: int, rng: random.Random
+) -> list[Rendering] | None:
+    """`n` random conversations of type `kind`, rendered as the template renders its probe of
+    that type (dict or string arguments, a bare call's None or ""); None when it rendered no
+    probe of that type."""
+    from gpumask.chat_templates.conversations import conversation
+
+    probes = [rs[0] for rs in reader.renderings.values() if rs[0].type == kind]
+    if not probes:
+        return None
+    call = next((m for m in probes[0].messages if m.get("tool_calls")), None)
+    style = {
+        "string_arguments": bool(call)
+        and isinstance(call["tool_calls"][0]["function"]["arguments"], str),
+        "bare_content": "" if call is not None and call["content"] == "" else None,
+    }
+    out = []
+    for _ in range(n):
+        messages, tools = conversation(kind, rng, **style)
+        r = render(
+            tokenizer, template, 0, Probe(kind, kind, (), bool(tools), False), messages, tools
+        )
+        if r is not None:
+            out.append(r)
+    return out
 
 
 def highlight(r: Rendering, trained: list[bool]) -> str:

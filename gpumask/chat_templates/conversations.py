@@ -23,6 +23,7 @@ WORDS = (
     "apple river Paris blue quantum seven 42 3.14 cat's (maybe) über naïve 東京 ok, yes! well: "
     "stop. why? [x] <b> a-b x_y {k} #5 @me 100% --flag $9 emoji🙂 tab\there Москва done."
 ).split(" ")
+VALUES = tuple(w for w in WORDS if w.isalnum() and w.isascii())
 FUNCTIONS = ("get_weather", "search_flights", "convert_units")
 TOOLS = [
     {
@@ -51,7 +52,7 @@ def text(rng: random.Random, lines: bool = True) -> str:
 
 
 def _call(rng: random.Random, n: int, string_arguments: bool) -> dict:
-    arguments = {"query": rng.choice(WORDS[:12])}
+    arguments = {"query": rng.choice(VALUES)}  # ASCII: as JSON, written as it is
     return {
         "id": f"call{n:05d}",
         "type": "function",
@@ -71,19 +72,29 @@ def conversation(
     an assistant message that only calls (None, or "" for templates that need a string).
     """
 
+    used: list[str] = []
+
+    def fresh(lines: bool = True) -> str:
+        """A content that neither holds nor is held by an earlier one (found where it is)."""
+        while True:
+            out = text(rng, lines)
+            if not any(out in u or u in out for u in used):
+                used.append(out)
+                return out
+
     def msg(role: str, content: Any = None, **extra: Any) -> dict:
-        return {"role": role, "content": text(rng) if content is None else content, **extra}
+        return {"role": role, "content": fresh() if content is None else content, **extra}
 
     def exchange() -> list[dict]:
         return [msg("user"), msg("assistant")]
 
     def calls(n: int, with_content: bool) -> list[dict]:
         made = [_call(rng, i, string_arguments) for i in range(n)]
-        content = text(rng) if with_content else bare_content
+        content = fresh() if with_content else bare_content
         results = [
             {
                 "role": "tool",
-                "content": text(rng, lines=False),
+                "content": fresh(lines=False),
                 "tool_call_id": c["id"],
                 "name": c["function"]["name"],
             }
@@ -104,6 +115,10 @@ def conversation(
         messages = [msg("user"), *exchange()]
     elif kind == "system in the middle":
         messages = [*exchange(), msg("system"), *exchange()]
+    elif kind == "reasoning":
+        thought = fresh()
+        reply = msg("assistant", reasoning_content=thought, thinking=thought)
+        messages = [msg("user"), reply]
     elif kind in ("tool call", "tool call without content", "several tool calls"):
         n = 2 if kind == "several tool calls" else 1
         messages = [msg("user"), *calls(n, kind != "tool call without content"), msg("assistant")]

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from typing import Any
 
-from gpumask.chat_templates.check import describe, disagreements, labels_of
-from gpumask.chat_templates.probes import EXCHANGE, Ids, Rendering, probe_message
+from gpumask.chat_templates.check import describe, disagreements, labels_of, random_renderings
+from gpumask.chat_templates.probes import (
+    ARGUMENT,
+    CALL_ID,
+    EXCHANGE,
+    FUNCTION,
+    SENTINEL,
+    TYPES,
+    VALUE,
+    Ids,
+    Rendering,
+    probe_message,
+)
 from gpumask.chat_templates.reading import Reader, add_alt
 from gpumask.spec import MaskSpec, MaskSpecError
 
@@ -17,6 +29,7 @@ class TemplateWarning(UserWarning):
 
 
 ROLE_ORDER = ("system", "user", "assistant", "tool")
+SAMPLES = 3  # random conversations per type checked, beside the probes
 MAIN_ROLES = ("user", "assistant")
 
 
@@ -30,6 +43,10 @@ class ChatFormat:
     `tool_results`: where tool results live: ``"role 'tool'"``, ``"inside role 'user'"`` or
     ``"not rendered"``. `masked_spans`: (opens, closes) of tool-result wrappers inside another
     role's turn. `tool_calls_rendered`: whether the template renders tool calls at all.
+    `reasoning`: (opens, closes, is a turn) around a reply's reasoning block (``<think>``...
+    ``</think>``; harmony's analysis channel is a turn of its own, opened by its header), None
+    when the template renders none. `unsupported`: (conversation type, what goes wrong)
+    for the types the format gets wrong; `replies_end`: whether replies have an end of turn.
     """
 
     headers: dict[str, tuple[Ids, ...]]
@@ -39,6 +56,8 @@ class ChatFormat:
     tool_calls_rendered: bool
     tool_results: str
     unsupported: tuple[tuple[str, str], ...] = ()
+    replies_end: bool = True  # the assistant's turns have an end of turn of their own
+    reasoning: tuple[tuple[Ids, ...], tuple[Ids, ...], bool] | None = None
 
     @property
     def warnings(self) -> list[str]:
@@ -49,7 +68,7 @@ class ChatFormat:
             f"are wrong there ({what})"
             for kind, what in self.unsupported
         ]
-        if not self.end_of_turn:
+        if not self.replies_end:
             out.append(
                 "no end of turn: the template puts nothing after a reply but the next header, "
                 "so a reply trains up to the next header and the model will not learn to stop; "
@@ -57,9 +76,23 @@ class ChatFormat:
             )
         return out
 
-    def spec(self, tokenizer: Any = None, *, train_tool_calls: bool = True) -> MaskSpec:
-        """The `MaskSpec` of this format (tool calls masked as a span if not `train_tool_calls`)."""
+    def spec(
+        self, tokenizer: Any = None, *, train_tool_calls: bool = True, train_thinking: bool = True
+    ) -> MaskSpec:
+        """The `MaskSpec` of this format: tool calls masked as a span if not `train_tool_calls`
+        (else their opening marks the turns that call, for `tool_call_turns`), reasoning blocks
+        masked if not `train_thinking`."""
         spans = [([list(i) for i in o], [list(i) for i in c]) for o, c in self.masked_spans]
+        if not train_thinking:
+            if self.reasoning is None:
+                raise MaskSpecError(
+                    "train_thinking=False: the template renders no reasoning block between an "
+                    "open and a close marker (probed with reasoning_content and thinking), so "
+                    "there is nothing to mask; pass masked_spans=[(open, close)] by hand"
+                )
+            opens, closes, turn = self.reasoning
+            if not turn:
+                spans.append(([list(i) for i in opens], [list(i) for i in closes]))
         if not train_tool_calls:
             if self.tool_call is None or not self.tool_call[1]:
                 raise MaskSpecError(
@@ -75,8 +108,13 @@ class ChatFormat:
                 )
             opens, closes = self.tool_call
             spans.append(([list(i) for i in opens], [list(i) for i in closes]))
+        roles = {role: [list(i) for i in alts] for role, alts in self.headers.items()}
+        if not train_thinking and self.reasoning[2]:  # reasoning turns: a role that never trains
+            roles["reasoning"] = [list(i) for i in self.reasoning[0]]
+        calls = self.tool_call[0] if self.tool_call and train_tool_calls else None
         return MaskSpec(
-            roles={role: [list(i) for i in alts] for role, alts in self.headers.items()},
+            roles=roles,
+            tool_call=[list(i) for i in calls] if calls else None,
             end_of_turn=[list(i) for i in self.end_of_turn] or None,
             masked_spans=spans,
             tokenizer=tokenizer,
@@ -125,17 +163,25 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
 
     Example::
 
-        >>> fmt = detect_chat_format(tok)   # Llama 3.1
+        >>> from transformers import AutoTokenizer
+        >>> tok = AutoTokenizer.from_pretrained("tests/fixtures/tokenizers/llama3_1")
+        >>> fmt = detect_chat_format(tok)
         >>> [tok.decode(h) for h in fmt.headers["assistant"]]
         ['<|start_header_id|>assistant<|end_header_id|>\\n\\n']
     """
     reader = Reader(tokenizer, chat_template)
     _require_an_exchange(reader, tokenizer, chat_template)
+    rng = random.Random(0)
+    checked = reader.all() + [  # the probes, and a few realistic conversations of each type
+        r
+        for kind in TYPES
+        for r in random_renderings(tokenizer, chat_template, reader, kind, SAMPLES, rng) or ()
+    ]
     left_out: set[str | None] = set()
     best = None
     for _ in range(4):
         chat_format = _read(reader.without(left_out), tokenizer)
-        failing = _failures(chat_format, reader.all(), tokenizer)
+        failing = _failures(chat_format, checked, tokenizer)
         if best is None or len(failing) < len(best[1]):
             best = chat_format, failing
         new = set(failing) - left_out
@@ -168,6 +214,15 @@ def _failures(
         if problems:
             out[r.type] = (r, problems)
     return out
+
+
+def _generic(alt: Ids, d: Reader) -> bool:
+    """Whether a marker read off the probes holds nothing of the probes themselves (a function
+    name, a call id, a content) and something to match on (a control token, a letter)."""
+    text = d.tokenizer.decode(list(alt))
+    if any(p in text for p in (FUNCTION, CALL_ID, ARGUMENT, VALUE, SENTINEL)):
+        return False
+    return any(i in d.control for i in alt) or any(c.isalnum() for c in text)
 
 
 def _require_an_exchange(reader: Reader, tokenizer: Any, chat_template: str | None) -> None:
@@ -218,15 +273,25 @@ def _read(d: Reader, tokenizer: Any) -> ChatFormat:
         for alt in alts:
             add_alt(headers.setdefault(role, []), alt)
     headers = _drop_folded(headers, tokenizer.decode)
+    headers = {role: tuple(a for a in alts if _generic(a, d)) for role, alts in headers.items()}
+    for role in MAIN_ROLES:
+        if not headers.get(role):
+            raise MaskSpecError(
+                f"header of role {role!r} not found: what stands before the {role}'s content "
+                "is only punctuation or the probe's own text"
+            )
+    headers = {role: alts for role, alts in headers.items() if alts}
     end_of_turn: list[Ids] = []
-    for role in headers:
+    for role in headers if eots["assistant"] else ():  # replies that never end: none at all
         for alt in eots.get(role, ()):
             add_alt(end_of_turn, alt)
     results = any(a.role == "tool" for r in tools for a in r.anchors)
     chat_format = ChatFormat(
+        replies_end=bool(eots["assistant"]),
         headers=headers,
         end_of_turn=tuple(end_of_turn),
         masked_spans=(result_span,) if result_span else (),
+        reasoning=d.reasoning_span(eots, known),
         tool_call=tool_call,
         tool_calls_rendered=any(a.kind == "call" for r in tools for a in r.anchors),
         tool_results=(

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import re
 from typing import Any
 
 from gpumask.spec import MaskSpecError
@@ -36,6 +37,8 @@ SHAPES = (
 )
 BASE_SHAPES = 2
 CALL_CONTENT = "Vexqcone"
+REASONING = "Vexqrone"
+SENTINEL = "Vexq"  # every probe content has it
 FUNCTION = "vexq_lookup"
 ARGUMENT = "vexq_city"
 VALUE = "Vexqcity"
@@ -76,6 +79,7 @@ class Rendering:
     name: str
     type: str | None  # the conversation type it checks (None: read only)
     shape: int
+    generation_prompt: bool
     messages: list[dict]
     primary: bool  # a conversation without tools
     text: str
@@ -172,6 +176,8 @@ def probe_conversations(lead: str, trail: str, string_arguments: bool = False) -
     two_calls = probe_message("assistant", content, 2, string_arguments)
     bare_call = probe_message("assistant", None, 1, string_arguments)
     tool, tool2 = probe_message("tool", t1), probe_message("tool", t2)
+    reasoning = lead + REASONING + trail
+    thinking = dict(assistant, reasoning_content=reasoning, thinking=reasoning)
     plain = [
         ("user, assistant", EXCHANGE, [user, assistant], False),
         (
@@ -194,6 +200,7 @@ def probe_conversations(lead: str, trail: str, string_arguments: bool = False) -
             [user, assistant, system, user2, assistant2],
             False,
         ),
+        ("reasoning", "reasoning", [user, thinking], False),
         ("user only", None, [user], False),
         ("user only, generation prompt", None, [user], True),
     ]
@@ -226,9 +233,12 @@ def find_call(text: str, lo: int, name: str = FUNCTION, value: str = VALUE):
     if at < 0:
         return None
     start = text.rfind("{", lo, at)
-    if start < 0:
+    if start < 0:  # no JSON object: through the value and the tags closing it (GLM 4.5)
         end = text.find(value, at)
-        return (at, end + len(value)) if end >= 0 else None
+        if end < 0:
+            return None
+        closed = re.match(r"(\s*</[\w\-]+>)*", text[end + len(value) :])
+        return at, end + len(value) + len(closed.group(0).rstrip())
     depth = 0
     for end in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[end], 0)
@@ -268,7 +278,7 @@ def render_probes(tokenizer: Any, template: str | None) -> dict[str, list[Render
     whose rendering is not the plain one with the contents replaced (a template that trims
     or edits contents) tells nothing more and is left out.
     """
-    words = [*(w for ws in WORDS.values() for w in ws), CALL_CONTENT]
+    words = [*(w for ws in WORDS.values() for w in ws), CALL_CONTENT, REASONING]
     renderings: dict[str, list[Rendering]] = {}
     plain: dict[str, str] = {}
     with _one_moment():
@@ -276,8 +286,10 @@ def render_probes(tokenizer: Any, template: str | None) -> dict[str, list[Render
             styles = (probe_conversations(lead, trail), probe_conversations(lead, trail, True))
             for probes in zip(*styles):
                 r = _render_probe(tokenizer, template, shape, probes)
-                if r is None:
-                    continue
+                if r is None or (
+                    r.type == "reasoning" and not any(a.kind == "reasoning" for a in r.anchors)
+                ):
+                    continue  # rejected, or reasoning not rendered
                 if shape == 0:
                     plain[r.name] = r.text
                 else:
@@ -355,11 +367,17 @@ def render(
     spans: list[tuple[int, str, int, int]] = []
     lo = 0
     for index, message in enumerate(messages):
+        reasoning = message.get("reasoning_content")
+        at = text.find(reasoning, lo) if reasoning else -1
+        if at >= 0:
+            spans.append((index, "reasoning", at, at + len(reasoning)))
+            lo = at + len(reasoning)
         content = message.get("content")
         # where the template moved a content (Mistral puts the system message in the last
         # user turn), it is found out of order
         at = text.find(content, lo) if content else -1
-        at = text.find(content) if content and at < 0 else at
+        if at < 0 and content and text.count(content) == 1:  # moved, and found only there
+            at = text.find(content)
         calls = message.get("tool_calls") or ()
         first_call = find_call(text, lo, *_name_and_value(calls[0])) if calls else None
         content_first = at >= 0 and (first_call is None or at < first_call[0])
@@ -386,6 +404,7 @@ def render(
         name=probe.name,
         type=probe.type,
         shape=shape,
+        generation_prompt=probe.generation_prompt,
         messages=messages,
         primary=not probe.tools,
         text=text,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 from gpumask.chat_templates.probes import (
@@ -14,7 +15,7 @@ from gpumask.chat_templates.probes import (
     Rendering,
     render_probes,
 )
-from gpumask.spec import MaskSpecError
+from gpumask.spec import MaskSpecError, encode_in_context
 
 
 def closes_json(r: Rendering, i: int) -> bool:
@@ -67,6 +68,32 @@ def _after_ends_of_turn(
         while lo < hi and r.ws(lo):
             lo += 1
     return lo, hi
+
+
+def _prefixes(seqs: list[Ids], firsts: list, skip_space: bool):
+    """(common prefix, rendering, start) per group of the token runs after a role's contents,
+    grouped by their first token that is not whitespace (harmony ends its last reply with
+    ``<|return|>``, the others with ``<|end|>``); the leading whitespace is skipped where
+    headers can stop the reading (`skip_space`). A content with nothing but whitespace after
+    it (at the end of the rendering) means no end of turn at all."""
+    if any(all(r.ws(start + i) for i in range(len(seq))) for seq, (r, start) in zip(seqs, firsts)):
+        return [((), *firsts[0])]  # nothing but whitespace after a content, at the end
+    groups: dict[int, list[tuple[Ids, Rendering, int]]] = {}
+    for seq, (r, start) in zip(seqs, firsts):
+        lead = 0
+        while skip_space and lead < len(seq) and r.ws(start + lead):
+            lead += 1
+        if lead < len(seq):
+            groups.setdefault(seq[lead], []).append((seq[lead:], r, start + lead))
+    return [
+        (common_prefix([seq for seq, _, _ in group]), group[0][1], group[0][2])
+        for group in groups.values()
+    ]
+
+
+def _ends_with(gap: Ids, alt: Ids) -> bool:
+    """Whether `gap` is `alt`, after whitespace or closing punctuation of its own."""
+    return bool(alt) and len(gap) >= len(alt) and gap[len(gap) - len(alt) :] == alt
 
 
 class Reader:
@@ -135,7 +162,7 @@ class Reader:
         headers = [alt for alts in known.values() for alt in alts]
         found: list[Ids] = []
         for shape in range(len(SHAPES)):
-            seqs, first, into_reply = [], None, set()
+            seqs, firsts, into_reply = [], [], set()
             for r in self.all():
                 if r.shape != shape:
                     continue
@@ -154,34 +181,30 @@ class Reader:
                         while role == "tool" and start < r.after(k) and closes_json(r, start):
                             start += 1  # the quote or brace closing a result's JSON is its own
                         seqs.append(tuple(r.ids[start : r.after(k)]))
-                        first = first or (r, start)
+                        firsts.append((r, start))
                         if role == "tool" and r.anchors[k + 1 :][:1]:
                             if r.anchors[k + 1].role == "assistant":
                                 into_reply.add(seqs[-1])
             if not seqs:
                 continue
-            prefix = common_prefix(seqs)
-            r, at = first
-            lead = 0  # whitespace in front of the end of turn (Llama 2's `reply </s>`), once
-            while known and lead < len(prefix) and r.ws(at + lead):  # headers can stop it
-                lead += 1
-            n = next(
-                (
-                    i
-                    for i in range(lead, len(prefix))
-                    if r.ws(at + i)
-                    or any(r.find(alt, at + i, at + i + len(alt)) == at + i for alt in headers)
-                ),
-                len(prefix),
-            )
-            alt = prefix[lead:n]
-            if any(gap[lead:] == alt or gap == alt for gap in into_reply):
-                continue  # what ends a result leads into a reply: the reply's header (DeepSeek)
-            for other in others:
-                if any(alt[i : i + len(other)] == other for i in range(len(alt))):
-                    alt = other
-                    break
-            add_alt(found, alt)
+            for prefix, r, at in _prefixes(seqs, firsts, bool(known)):
+                n = next(
+                    (
+                        i
+                        for i in range(len(prefix))
+                        if r.ws(at + i)
+                        or any(r.find(alt, at + i, at + i + len(alt)) == at + i for alt in headers)
+                    ),
+                    len(prefix),
+                )
+                alt = prefix[:n]
+                if any(_ends_with(gap, alt) for gap in into_reply):
+                    continue  # what ends a result leads into a reply: its header (DeepSeek)
+                for other in others:
+                    if any(alt[i : i + len(other)] == other for i in range(len(alt))):
+                        alt = other
+                        break
+                add_alt(found, alt)
         return tuple(found)
 
     def header_span(
@@ -220,14 +243,14 @@ class Reader:
             elif eots.get(prev_role):
                 return None
             elif prev_role == "tool":
-                lo = next((i for i in range(lo, hi) if r.ids[i] in self.control), -1)
-                if lo < 0:
-                    raise MaskSpecError(
-                        "header after a tool result: the template puts no end of turn after a "
-                        f"tool result and no special token before the next turn ("
-                        f"{r.text[prev.end : a.start]!r} in probe {r.name!r}), so where the "
-                        "result's wrapper ends and the next header starts cannot be told"
-                    )
+                heads = [at for alt in known.get(a.role, ()) if (at := r.find(alt, lo, hi)) >= 0]
+                lo = min(
+                    heads, default=next((i for i in range(lo, hi) if r.ids[i] in self.control), -1)
+                )
+                if lo < 0:  # the payload's closing punctuation is the result's
+                    lo = prev.stop
+                    while lo < hi and (r.ws(lo) or closes_json(r, lo)):
+                        lo += 1
         while lo < hi and r.ws(lo):
             lo += 1
         if a.role == "tool":  # a wrapper around the result's content is not the header's
@@ -236,12 +259,36 @@ class Reader:
                 hi = cut
                 while hi > lo and r.ws(hi - 1):
                     hi -= 1
-        if a.kind == "call" or not r.primary or prev is None:
+        starts = [alt for alt in known.get(a.role, ()) if r.find(alt, lo, lo + len(alt)) == lo]
+        prompt = self.prompt_header  # the header as a generation prompt writes it
+        prompted = a.role == "assistant" and prompt and r.find(prompt, lo, lo + len(prompt)) == lo
+        if a.kind == "reasoning" and (starts or prompted):
+            # what opens a reasoning block is the reply's own: the shortest header before it,
+            # and the whitespace after it
+            end = lo + len(min([*starts, *([prompt] if prompted else [])], key=len))
+            while end < hi and r.ws(end):
+                end += 1
+            return lo, end
+        if a.kind == "call" and prompted and not starts:
+            return lo, lo + len(prompt)  # a call's opening text (Command-A's <|START_ACTION|>)
+        if starts and (a.kind == "call" or not r.primary or prev is None):
             # a known header, then text of the turn (a call's wrapper, a tool list)
-            starts = [alt for alt in known.get(a.role, ()) if r.find(alt, lo, lo + len(alt)) == lo]
-            if starts:
-                return lo, lo + len(max(starts, key=len))
+            return lo, lo + len(max(starts, key=len))
         return (lo, hi) if lo < hi else None
+
+    @functools.cached_property
+    def prompt_header(self) -> Ids:
+        """The tokens a generation prompt adds after a user turn: the assistant's header as
+        the model is prompted with it (empty when the template adds nothing)."""
+        plain = {r.shape: r for r in self.renderings.get("user only", ())}
+        for r in self.renderings.get("user only, generation prompt", ()):
+            base = plain.get(r.shape)
+            if base is not None and r.text.startswith(base.text) and r.shape == 0:
+                n = len(common_prefix([tuple(base.ids), tuple(r.ids)]))
+                while n < len(r.ids) and r.ws(n):
+                    n += 1
+                return tuple(r.ids[n:])
+        return ()
 
     def headers(self, eots, known, inside, renderings) -> dict[str, list[Ids]]:
         """Header alternatives per role read before every anchor of `renderings`.
@@ -261,7 +308,7 @@ class Reader:
             for r in renderings:
                 for k, a in enumerate(r.anchors):
                     merged = r.shape >= BASE_SHAPES
-                    after_a_turn = r.primary and k > 0 and not merged
+                    after_a_turn = r.primary and k > 0 and not merged and a.kind != "reasoning"
                     if (
                         (a.role == "tool" and inside)
                         or (step == "merged") != merged
@@ -340,6 +387,8 @@ class Reader:
                 for e in eots["assistant"]
                 if (at := r.find(e, prev.stop, a.first)) >= 0
             ]
+            if not ends and not eots["assistant"]:
+                return None, "", ""  # no turn ever ends: a result has a header of its own
             if not ends:  # the call's turn goes on: the result is inside it, up to the reply
                 close = r.text[a.end : nxt].strip()
                 return "assistant", self._result_open(close), close
@@ -372,6 +421,40 @@ class Reader:
                 if before.role == a.role == "tool" and close and gap.startswith(close):
                     return gap[len(close) :].strip()
         return ""
+
+    def reasoning_span(self, eots, known) -> tuple | None:
+        """(opens, closes, is a turn) around a reply's reasoning block, as tokens in context
+        and in the contexts of other text: the text between the header and the reasoning, and
+        between the reasoning and the content. Where the reasoning is a turn of its own
+        (harmony's analysis channel, which ends with an end of turn), the opens are that
+        turn's headers and there are no closes."""
+        opens: list[Ids] = []
+        closes: list[Ids] = []
+        turn = False
+        for r in self.renderings.get("reasoning", ()):
+            k = next(k for k, a in enumerate(r.anchors) if a.kind == "reasoning")
+            a = r.anchors[k]
+            span = self.header_span(r, k, eots, known, None)
+            lo = r.offsets[span[1] - 1][1] if span else r.anchors[k - 1].end if k else 0
+            hi = r.anchors[k + 1].first if k + 1 < len(r.anchors) else len(r.ids)
+            ends = [(at, e) for e in eots["assistant"] if (at := r.find(e, a.stop, hi)) >= 0]
+            open_text = r.text[lo : a.start].strip()
+            if ends and span:  # a turn of its own: its header, through the reasoning's opening
+                end = r.text.rfind(open_text, lo, a.start) + len(open_text)
+                add_alt(opens, r.cover(r.offsets[span[0]][0], end))
+                turn = True
+                continue
+            nxt = r.anchors[k + 1].start if k + 1 < len(r.anchors) else len(r.text)
+            close_text = r.text[a.end : nxt].strip()
+            for text, found, where in ((open_text, opens, lo), (close_text, closes, a.end)):
+                if text:
+                    at = r.text.find(text, where)
+                    add_alt(found, r.cover(at, at + len(text)))
+                    for alt in encode_in_context(self.tokenizer, text):  # as in other text
+                        add_alt(found, alt)
+        if not (opens and (closes or turn)):
+            return None
+        return tuple(opens), tuple(closes), turn
 
     def wrapper_span(self, open_text: str, close_text: str) -> tuple | None:
         """(opens, closes) of the text around every tool result, as tokens in context."""

@@ -1,0 +1,111 @@
+"""Turns that train only their end-of-turn token: a trained role's header, then at once the end
+of turn.
+
+A chat template that drops `tool_calls` (Llama 3.1's, SmolLM2's, Zephyr's own) renders a
+tool-calling reply as an empty turn, e.g. ``<|im_start|>assistant\\n<|im_end|>``: that turn
+trains its ``<|im_end|>`` alone and teaches the model to stop where it should have called a
+tool. It is not an error (an empty reply may be meant), but it is never silent: the collators
+and ``gpumask show`` warn with the count (:class:`EmptyTurnWarning`).
+
+Example::
+
+    >>> import numpy as np
+    >>> from gpumask import MaskSpec
+    >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+    >>> ids = np.array([[1, 10, 5, 2, 1, 11, 2, 1, 11, 6, 2]])  # the first reply is empty
+    >>> trained = np.array([[0, 0, 0, 0, 0, 0, 1, 0, 0, 1, 1]], dtype=bool)
+    >>> count_empty_turns(ids, trained, spec).tolist()
+    [1]
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from gpumask.spec import MaskSpec
+
+
+class EmptyTurnWarning(UserWarning):
+    """Turns of a trained role that train only their end-of-turn token (an empty reply)."""
+
+
+def _matches(flat_ids: np.ndarray, starts: np.ndarray, marker: tuple[int, ...]) -> np.ndarray:
+    """Whether `marker` occurs at each of `starts` (flat indices; out of range: no match)."""
+    inside = (starts >= 0) & (starts + len(marker) <= flat_ids.shape[0])
+    at = np.where(inside, starts, 0)
+    hit = inside.copy()
+    for k, token in enumerate(marker):
+        hit &= flat_ids[np.minimum(at + k, flat_ids.shape[0] - 1)] == token
+    return hit
+
+
+def count_empty_turns(input_ids: np.ndarray, trained: np.ndarray, spec: MaskSpec) -> np.ndarray:
+    """Per row of `input_ids` `[B, T]`, the turns whose trained tokens are an end-of-turn marker
+    alone, right after a header of a trained role (`trained` `[B, T]`: labels != ignore_index).
+
+    Only the starts of trained runs are looked at (a few per turn), so it costs little beside
+    the masking.
+    """
+    batch, length = input_ids.shape
+    trained = np.asarray(trained, dtype=bool)
+    run_start = trained.copy()
+    run_start[:, 1:] &= ~trained[:, :-1]
+    starts = np.flatnonzero(run_start)
+    if starts.size == 0 or not spec.end_of_turn:
+        return np.zeros(batch, dtype=np.int64)
+    flat_ids = input_ids.reshape(-1)
+    flat_trained = np.concatenate([trained.reshape(-1), [False]])
+    column = starts % length
+    eot_alone = np.zeros(starts.shape, dtype=bool)
+    for marker in spec.end_of_turn:
+        n = len(marker)
+        in_row = column + n <= length
+        run_ends = in_row & ~flat_trained[np.where(in_row, starts + n, -1)]
+        run_ends |= column + n == length
+        eot_alone |= _matches(flat_ids, starts, marker) & run_ends & in_row
+    after_header = np.zeros(starts.shape, dtype=bool)
+    for role in spec.train_roles:
+        for header in spec.roles[role]:
+            fits = column >= len(header)
+            after_header |= fits & _matches(
+                flat_ids, np.where(fits, starts - len(header), -1), header
+            )
+    rows = starts[eot_alone & after_header] // length
+    return np.bincount(rows, minlength=batch).astype(np.int64)
+
+
+def empty_turns_message(counts: np.ndarray, names: list[str] | None = None) -> str | None:
+    """What :func:`warn_empty_turns` says (None when `counts`, per row, are all 0)."""
+    counts = np.asarray(counts)
+    total = int(counts.sum())
+    if total == 0:
+        return None
+    rows = np.flatnonzero(counts).tolist()
+    where = ", ".join(names[i] if names is not None else f"row {i}" for i in rows[:10])
+    if len(rows) > 10:
+        where += f" and {len(rows) - 10} more"
+    turns = "turn trains" if total == 1 else "turns train"
+    return (
+        f"{total} {turns} only the end-of-turn token, right after the header of a trained "
+        f"role (an empty reply), in {where}. If these were tool-calling turns, the chat "
+        "template drops `tool_calls` (Llama 3.1's, SmolLM2's and Zephyr's do): render them "
+        "with a template that writes tool calls, or leave those turns out"
+    )
+
+
+def warn_empty_turns(who: str, counts: np.ndarray, names: list[str] | None = None) -> None:
+    """One :class:`EmptyTurnWarning` with the number of empty turns and the rows holding them.
+
+    Example::
+
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warn_empty_turns("CompletionCollator", np.array([0, 2]))
+        >>> str(caught[0].message)[:80]
+        'CompletionCollator: 2 turns train only the end-of-turn token, right after the he'
+    """
+    message = empty_turns_message(counts, names)
+    if message is not None:
+        warnings.warn(f"{who}: {message}", EmptyTurnWarning, stacklevel=3)
