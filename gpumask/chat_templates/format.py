@@ -251,11 +251,13 @@ def _require_an_exchange(reader: Reader, tokenizer: Any, chat_template: str | No
 
 def _read(d: Reader, tokenizer: Any) -> ChatFormat:
     """The format read off the renderings of `d` (not yet checked)."""
-    main_roles = ("system", "user", "assistant")
-    eots = {role: d.end_of_turn(role, {}) for role in main_roles}
-    known = d.headers(eots, {}, None, d.all(primary=True))
-    eots = {role: d.end_of_turn(role, known) for role in main_roles}
-    known = d.headers(eots, {}, None, d.all(primary=True))
+    eots: dict[str, tuple[Ids, ...]] = {}
+    known: dict[str, list[Ids]] = {}
+    for _ in range(2):  # ends of turn, headers, then both again knowing the headers
+        eots = {role: d.end_of_turn(role, known) for role in MAIN_ROLES}
+        main = tuple({e for alts in eots.values() for e in alts})
+        eots["system"] = d.end_of_turn("system", known, main)
+        known = d.headers(eots, {}, None, d.all(primary=True))
     for role in MAIN_ROLES:
         if not known.get(role):
             raise MaskSpecError(

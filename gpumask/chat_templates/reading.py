@@ -151,8 +151,10 @@ class Reader:
         """The end-of-turn alternatives of `role`: per probe shape, the common prefix of the
         tokens after every content of that role, from its first token that is not whitespace up
         to the next whitespace-only token or header. A tool result is read where its turn
-        ends (the last of consecutive results); what it reads is cut to one of the `others`
-        ends of turn where it holds one (EXAONE 4's ``</tool_result>[|endofturn|]``)."""
+        ends (the last of consecutive results). With `others` (the user's and assistant's
+        ends), what is read becomes the one of them it holds (EXAONE 4's
+        ``</tool_result>[|endofturn|]``) or the first that follows it (the text of a default
+        preamble after a system content is the system turn's, not its end)."""
         if role == "user" and self._leads_into_reply("user only", "user only, generation prompt"):
             return ()
         if role == "tool" and self._leads_into_reply(
@@ -200,10 +202,19 @@ class Reader:
                 alt = prefix[:n]
                 if any(_ends_with(gap, alt) for gap in into_reply):
                     continue  # what ends a result leads into a reply: its header (DeepSeek)
-                for other in others:
-                    if any(alt[i : i + len(other)] == other for i in range(len(alt))):
-                        alt = other
-                        break
+                inside = [
+                    o for o in others if any(alt[i : i + len(o)] == o for i in range(len(alt)))
+                ]
+                later = [  # boilerplate after the content (Command-R's preamble), then the end
+                    (i, o)
+                    for o in others
+                    for i in range(len(prefix))
+                    if prefix[i : i + len(o)] == o
+                ]
+                if inside:
+                    alt = inside[0]
+                elif later and alt not in others:
+                    alt = min(later)[1]
                 add_alt(found, alt)
         return tuple(found)
 
