@@ -147,7 +147,7 @@ _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def vocabulary_key(tokenizer: Any) -> tuple | None:
     """A fingerprint of `tokenizer`'s vocabulary and added tokens (None: cannot be taken)."""
     try:
-        size = (len(tokenizer), len(getattr(tokenizer, "added_tokens_decoder", None) or ()))
+        size = len(tokenizer)  # with the added tokens: adding one reads the format again
         cached = _FINGERPRINTS.get(tokenizer)
         if cached is not None and cached[0] == size:
             return cached[1]
