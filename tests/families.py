@@ -176,6 +176,19 @@ TOOL_CONVERSATION = [
     {"role": "tool", "tool_call_id": "abc123xyz", "content": "27 C"},
     {"role": "assistant", "content": "It is 27 C."},
 ]
+# A call with no content and no id, as a template that drops calls leaves it: an empty turn.
+BARE_CALL_CONVERSATION = [
+    {"role": "user", "content": "Weather in Nice?"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "weather", "arguments": {"city": "Nice"}}}
+        ],
+    },
+    {"role": "tool", "content": "27 C"},
+    {"role": "assistant", "content": "It is 27 C."},
+]
 WEATHER_TOOL = [
     {
         "type": "function",

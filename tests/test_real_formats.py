@@ -128,6 +128,38 @@ def _expected(offsets: list[tuple[int, int]], bodies: list, holes: list) -> list
     return [overlaps(s, e, bodies) and not overlaps(s, e, holes) for s, e in offsets]
 
 
+def labelled_batch(tok, texts: list[str], all_bodies: list) -> tuple:
+    """(encoding, input_ids, attention_mask, expected labels) of rendered `texts`, padded, with
+    the labels their (bodies, holes) call for."""
+    encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    length = max(len(ids) for ids in encoded["input_ids"])
+    input_ids = torch.zeros(len(texts), length, dtype=torch.int64)
+    attention_mask = torch.zeros(len(texts), length, dtype=torch.int64)
+    expected = torch.full((len(texts), length), -100, dtype=torch.int64)
+    for row, (ids, offsets, (bodies, holes)) in enumerate(
+        zip(encoded["input_ids"], encoded["offset_mapping"], all_bodies)
+    ):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+        trained = torch.tensor(_expected(offsets, bodies, holes), dtype=torch.bool)
+        expected[row, : len(ids)] = torch.where(trained, torch.tensor(ids), -100)
+    return encoded, input_ids, attention_mask, expected
+
+
+def assert_labels(name: str, spec, labels, expected, encoded, texts: list[str]) -> None:
+    """Fail with the first wrong label in its context, and the spec."""
+    wrong = (labels != expected).nonzero().tolist()
+    if wrong:
+        row, t = wrong[0]
+        s, e = encoded["offset_mapping"][row][t]
+        pytest.fail(
+            f"{name}: {len(wrong)} wrong labels in {len({r for r, _ in wrong})} rows; first: "
+            f"row {row}, token {t} {texts[row][s:e]!r} trains={labels[row, t] != -100} "
+            f"expected={expected[row, t] != -100}, in context "
+            f"{texts[row][max(0, s - 60) : s]!r} | {texts[row][s : e + 60]!r}\n{spec!r}"
+        )
+
+
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_random_conversations_train_exactly_the_assistant_bodies(name):
     family = FAMILIES[name]
@@ -142,30 +174,9 @@ def test_random_conversations_train_exactly_the_assistant_bodies(name):
         )
         texts.append(text)
         all_bodies.append(_bodies(text, messages, family))
-    encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-    length = max(len(ids) for ids in encoded["input_ids"])
-    input_ids = torch.zeros(len(texts), length, dtype=torch.int64)
-    attention_mask = torch.zeros(len(texts), length, dtype=torch.int64)
-    expected = torch.full((len(texts), length), -100, dtype=torch.int64)
-    for row, (ids, offsets, (bodies, holes)) in enumerate(
-        zip(encoded["input_ids"], encoded["offset_mapping"], all_bodies)
-    ):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        trained = torch.tensor(_expected(offsets, bodies, holes), dtype=torch.bool)
-        expected[row, : len(ids)] = torch.where(trained, torch.tensor(ids), -100)
+    encoded, input_ids, attention_mask, expected = labelled_batch(tok, texts, all_bodies)
     labels = mask_labels(input_ids, spec, attention_mask=attention_mask)
-    wrong = (labels != expected).nonzero().tolist()
-    if wrong:
-        row, t = wrong[0]
-        ids, offsets = encoded["input_ids"][row], encoded["offset_mapping"][row]
-        s, e = offsets[t]
-        pytest.fail(
-            f"{name}: {len(wrong)} wrong labels in {len({r for r, _ in wrong})} rows; first: "
-            f"row {row}, token {t} {texts[row][s:e]!r} trains={labels[row, t] != -100} "
-            f"expected={expected[row, t] != -100}, in context "
-            f"{texts[row][max(0, s - 60) : s]!r} | {texts[row][s : e + 60]!r}\n{spec!r}"
-        )
+    assert_labels(name, spec, labels, expected, encoded, texts)
     assert int((expected != -100).sum()) > CONVERSATIONS  # the conversations do train
 
 

@@ -6,24 +6,12 @@ import os
 
 import pytest
 from conftest import TOKENIZERS
+from families import BARE_CALL_CONVERSATION
 
 import gpumask
 from gpumask.cli import main
 
-TOOL_CALL = {
-    "messages": [
-        {"role": "user", "content": "Weather in Nice?"},
-        {
-            "role": "assistant",
-            "content": "",
-            "tool_calls": [
-                {"type": "function", "function": {"name": "weather", "arguments": {"city": "Nice"}}}
-            ],
-        },
-        {"role": "tool", "content": "27 C"},
-        {"role": "assistant", "content": "It is 27 C."},
-    ]
-}
+TOOL_CALL = {"messages": BARE_CALL_CONVERSATION}
 HELLO = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
 
 

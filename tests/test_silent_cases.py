@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TOKENIZERS
+from families import BARE_CALL_CONVERSATION
 from transformers import AutoTokenizer
 
 from gpumask import CompletionCollator, MaskSpec, mask_labels
@@ -21,18 +22,6 @@ SPEC = MaskSpec(
     end_of_turn=[2],
     masked_spans=[([7], [8])],
 )
-TOOL_CALL_TURN = [
-    {"role": "user", "content": "Weather in Nice?"},
-    {
-        "role": "assistant",
-        "content": "",
-        "tool_calls": [
-            {"type": "function", "function": {"name": "weather", "arguments": {"city": "Nice"}}}
-        ],
-    },
-    {"role": "tool", "content": "27 C"},
-    {"role": "assistant", "content": "It is 27 C."},
-]
 
 
 def empty_turns(rows):
@@ -66,7 +55,7 @@ def test_empty_turns_are_counted_per_row_in_a_padded_batch():
 
 def test_collator_warns_once_with_the_count_when_the_template_drops_tool_calls():
     tok = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "smollm2"))
-    text = tok.apply_chat_template(TOOL_CALL_TURN, tokenize=False)
+    text = tok.apply_chat_template(BARE_CALL_CONVERSATION, tokenize=False)
     assert "<|im_start|>assistant\n<|im_end|>" in text  # SmolLM2's template drops tool_calls
     ids = tok.encode(text, add_special_tokens=False)
     collate = CompletionCollator(tok, MaskSpec.from_tokenizer(tok))
@@ -82,7 +71,7 @@ def test_collator_warns_once_with_the_count_when_the_template_drops_tool_calls()
 
 def test_collator_gives_no_empty_turn_warning_where_tool_calls_render():
     tok = AutoTokenizer.from_pretrained(os.path.join(TOKENIZERS, "qwen2_5"))
-    text = tok.apply_chat_template(TOOL_CALL_TURN, tokenize=False)
+    text = tok.apply_chat_template(BARE_CALL_CONVERSATION, tokenize=False)
     collate = CompletionCollator(tok, MaskSpec.from_tokenizer(tok))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -27,8 +27,7 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
-import torch
-from test_real_formats import FUNCTIONS, TOOLS, WORDS, _expected, _text
+from test_real_formats import FUNCTIONS, TOOLS, WORDS, _text, assert_labels, labelled_batch
 from zoo import ZOO, load_zoo
 
 import gpumask
@@ -207,34 +206,14 @@ def _check(name: str, spec: MaskSpec, thinking: bool = True) -> None:
         all_bodies.append(_bodies(text, messages, t, thinking))
         types |= _types_of(messages)
     assert types == set(t.types), "the generator must cover every type the template renders"
-    encoded = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
-    length = max(len(ids) for ids in encoded["input_ids"])
-    input_ids = torch.zeros(len(texts), length, dtype=torch.int64)
-    attention_mask = torch.zeros(len(texts), length, dtype=torch.int64)
-    expected = torch.full((len(texts), length), -100, dtype=torch.int64)
-    for row, (ids, offsets, (bodies, holes)) in enumerate(
-        zip(encoded["input_ids"], encoded["offset_mapping"], all_bodies)
-    ):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-        trained = torch.tensor(_expected(offsets, bodies, holes), dtype=torch.bool)
-        expected[row, : len(ids)] = torch.where(trained, torch.tensor(ids), -100)
-        if not thinking:  # a token shared by a reasoning block's close and the reply: either
+    encoded, input_ids, attention_mask, expected = labelled_batch(tok, texts, all_bodies)
+    labels = mask_labels(input_ids, spec, attention_mask=attention_mask)
+    if not thinking:  # a token shared by a reasoning block's close and the reply: either
+        for row, (offsets, (_, holes)) in enumerate(zip(encoded["offset_mapping"], all_bodies)):
             for at, (s, e) in enumerate(offsets):
                 if any(s < hi < e for _, hi in holes):
-                    expected[row, at] = -101
-    labels = mask_labels(input_ids, spec, attention_mask=attention_mask)
-    expected = torch.where(expected == -101, labels, expected)
-    wrong = (labels != expected).nonzero().tolist()
-    if wrong:
-        row, at = wrong[0]
-        s, e = encoded["offset_mapping"][row][at]
-        pytest.fail(
-            f"{name}: {len(wrong)} wrong labels in {len({r for r, _ in wrong})} rows; first: "
-            f"row {row}, token {at} {texts[row][s:e]!r} trains={labels[row, at] != -100} "
-            f"expected={expected[row, at] != -100}, in context "
-            f"{texts[row][max(0, s - 60) : s]!r} | {texts[row][s : e + 60]!r}\n{spec!r}"
-        )
+                    expected[row, at] = labels[row, at]
+    assert_labels(name, spec, labels, expected, encoded, texts)
     assert int((expected != -100).sum()) > CONVERSATIONS  # the conversations do train
 
 
