@@ -178,7 +178,7 @@ def check_template(
         >>> report.ok, [(t.kind, t.status) for t in report.types][:2]
         (True, [('exchange', 'agree'), ('system prompt', 'agree')])
     """
-    from gpumask.chat_templates.format import detect_chat_format
+    from gpumask.chat_templates.format import read_format
     from gpumask.chat_templates.reading import Reader
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
@@ -189,7 +189,7 @@ def check_template(
     unsupported: dict[str, str] = {}
     inline = False
     try:
-        chat_format = detect_chat_format(tokenizer, chat_template=template)
+        chat_format = read_format(reader, tokenizer, template)  # the probes rendered once
         unsupported = dict(chat_format.unsupported)
         inline = chat_format.tool_results == "inside role 'assistant'"
         if spec is None:

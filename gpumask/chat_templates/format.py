@@ -169,7 +169,11 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
         >>> [tok.decode(h) for h in fmt.headers["assistant"]]
         ['<|start_header_id|>assistant<|end_header_id|>\\n\\n']
     """
-    reader = Reader(tokenizer, chat_template)
+    return read_format(Reader(tokenizer, chat_template), tokenizer, chat_template)
+
+
+def read_format(reader: Reader, tokenizer: Any, chat_template: str | None) -> ChatFormat:
+    """:func:`detect_chat_format` on probes already rendered (`reader`)."""
     _require_an_exchange(reader, tokenizer, chat_template)
     rng = random.Random(0)
     checked = reader.all() + [  # the probes, and a few realistic conversations of each type
