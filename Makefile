@@ -27,9 +27,10 @@ setup: $(VENV)/.installed
 
 setup-trl1: $(TRL1_VENV)/.installed
 
-# The suite and the docstring examples of gpumask/ (pyproject's testpaths), then the trl 1.x tests.
+# The suite and the docstring examples of gpumask/ (pyproject's testpaths), on every core
+# (pytest-xdist), then the trl 1.x tests.
 test: setup setup-trl1
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto
 	HF_HUB_OFFLINE=1 $(TRL1_PY) -m pytest -q tests_trl1
 
 demo: setup
