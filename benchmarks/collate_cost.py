@@ -15,8 +15,10 @@ joined ids (right padding), the attention mask from the row lengths (or, with "i
 given masks converted and written the same way), then `torch.from_numpy`. It validates nothing,
 checks nothing and masks nothing: anything a collator does beyond it is its own cost.
 
-Every time is the median of repeated calls in one process on one torch thread. The breakdown
-times the collator's steps one by one, as `CompletionCollator.__call__` runs them.
+Every time is the median of interleaved rounds (each round times every case once) in one
+process on one torch thread. The breakdown times the collator's steps one by one, as
+`CompletionCollator.__call__` runs them at this commit; `--no-breakdown` prints the totals
+only, and so runs on older code too (for a before/after, with `PYTHONPATH` on the old tree).
 
     python benchmarks/collate_cost.py [--rows 64] [--repeats 21] [--threads 1]
 """
@@ -28,6 +30,7 @@ import array
 import itertools
 import random
 import statistics
+import struct
 import sys
 import time
 import warnings
@@ -125,12 +128,17 @@ def _per_row_numpy(rows: list[list[int]], total: int) -> np.ndarray:
     return np.concatenate([np.array(r, dtype=np.int64) for r in rows])
 
 
+def _per_row_struct(rows: list[list[int]], total: int) -> np.ndarray:
+    return np.frombuffer(b"".join(struct.pack(f"{len(r)}q", *r) for r in rows), dtype=np.int64)
+
+
 # How a list of lists becomes one int64 array; the floor takes the fastest of these.
 FLOORS: dict[str, Callable[[list[list[int]], int], np.ndarray]] = {
     "np.fromiter(chain)": _joined_fromiter,
     "array('q', chain)": _joined_array,
     "array('q') per row": _per_row_array,
     "np.array per row": _per_row_numpy,
+    "struct.pack per row": _per_row_struct,
 }
 
 
@@ -185,28 +193,46 @@ def interleaved_ms(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str
 
 
 def breakdown(collate, examples) -> dict[str, Callable[[], Any]]:
-    """`collate(examples)` step by step, as `CompletionCollator.__call__` runs them (on the
-    code of main before issue 17: per-row conversion, then padding, masking, reasons)."""
-    from gpumask.collators import mask_batch
-    from gpumask.empty_turns import count_empty_turns
-    from gpumask.padding import pad_examples, padded_length, row_lengths, split_examples
+    """`collate(examples)` (batch mode, right padding, no truncation) step by step, as
+    `CompletionCollator.__call__` runs them."""
+    from gpumask.collators import mask_packed
+    from gpumask.empty_turns import count_empty_turns_packed
+    from gpumask.padding import (
+        Packed,
+        layout,
+        pad_joined,
+        padded_length,
+        row_lengths,
+        split_examples,
+    )
     from gpumask.reports import row_reasons
 
+    spec, ignore = collate.spec, collate.ignore_index
     rows, masks = split_examples(examples)
-    length = padded_length(row_lengths(rows), None)
-    input_ids, attention_mask, keep, real = pad_examples(
-        rows, masks, length, collate.pad_token_id, collate.padding_side
-    )
-    labels, stats = mask_batch(input_ids, real, collate.spec, -100)
+    lengths = row_lengths(rows)
+    length = padded_length(lengths, None)
+    packed = Packed.of(rows, masks)
+    keep = layout(lengths, length, collate.padding_side)
+    labels, stats = mask_packed(packed, keep, spec, ignore)
+
+    def pad():
+        mask = keep.astype(np.int64) if masks is None else pad_joined(packed.mask, keep, 0)
+        return pad_joined(packed.ids, keep, collate.pad_token_id), mask
+
     return {
         "conversion (split_examples)": lambda: split_examples(examples),
-        "padding (pad_examples)": lambda: pad_examples(
-            rows, masks, length, collate.pad_token_id, collate.padding_side
+        "joining (Packed.of, layout)": lambda: (
+            Packed.of(rows, masks),
+            layout(lengths, length, collate.padding_side),
         ),
-        "masking (mask_labels, stats)": lambda: mask_batch(input_ids, real, collate.spec, -100),
-        "reasons (row_reasons)": lambda: row_reasons(collate.spec, input_ids, real, stats),
-        "empty turns (count_empty_turns)": lambda: count_empty_turns(
-            input_ids, labels != -100, collate.spec
+        "masking (mask_packed: labels, stats)": lambda: mask_packed(packed, keep, spec, ignore),
+        "reasons, empty turns": lambda: (
+            row_reasons(spec, packed, stats),
+            count_empty_turns_packed(packed.ids, labels != ignore, packed.offsets, spec),
+        ),
+        "padding (ids, attention mask, labels)": lambda: (
+            pad(),
+            pad_joined(labels, keep, ignore),
         ),
     }
 

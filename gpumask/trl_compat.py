@@ -212,6 +212,8 @@ class DataCollatorForCompletionOnlyLM:
         rows, masks = padding.split_examples(examples)
         lengths = padding.row_lengths(rows)
         length = padding.padded_length(lengths, self.pad_to_multiple_of)
+        if length == 0:
+            raise ValueError("examples: every row is empty")
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None and any(n != length for n in lengths):
             raise ValueError(
