@@ -45,6 +45,7 @@ from gpumask.padding import (
     pad_joined,
     padded_length,
     row_lengths,
+    sequence_starts,
     split_examples,
 )
 from gpumask.reports import NoTrainedTokensWarning, row_reasons, warn_untrained
@@ -256,12 +257,9 @@ class CompletionCollator:
             )
             trained = labels != self.ignore_index
             if self.padding_free:
-                starts = np.zeros(labels.shape, dtype=bool)
-                starts[packed.offsets[:-1][packed.offsets[:-1] < labels.shape[0]]] = True
-                not_a_target_at_starts(
-                    torch.from_numpy(labels), torch.from_numpy(starts), self.ignore_index
-                )
-                trained &= ~starts
+                starts = sequence_starts(len(labels), None, torch.from_numpy(packed.offsets))
+                not_a_target_at_starts(torch.from_numpy(labels)[None], starts, self.ignore_index)
+                trained &= ~starts[0].numpy()
                 counted = np.concatenate([[0], np.cumsum(trained)])
                 stats["trained"] = counted[packed.offsets[1:]] - counted[packed.offsets[:-1]]
             if self.warn:

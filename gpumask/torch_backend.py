@@ -26,7 +26,9 @@ nothing, :func:`mask_on_marker_runs`, which runs these steps on the marker token
 per run of other tokens only and spreads the result back. Eager CPU calls mask large batches
 in blocks of whole rows (about `CPU_BLOCK_TOKENS` each), so that every intermediate stays in
 reused memory instead of fresh pages; compiled calls do not (the block count would be a guard
-on the batch size). All paths give the same labels.
+on the batch size). The collators call :func:`mask_packed_rows`, the same path on their rows
+packed end to end, so that no padding is read, with stats per row. All paths give the same
+labels.
 
 Tables. :func:`tables` builds what the matching reads from `spec.markers`, once per spec and
 device (cached on the spec).
@@ -40,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gpumask.padding import Batch
+from gpumask.padding import Batch, sequence_starts
 from gpumask.spec import (
     ARG_SHIFT,
     END_OF_TURN,
@@ -382,12 +384,10 @@ def _mask_packed_block(ids, offsets, spec, ignore_index, real, uniforms) -> Resu
     first, last = int(offsets[0]), int(offsets[-1])
     block = ids[first:last]
     local = offsets - first
-    starts = torch.zeros(last - first, dtype=torch.bool)
-    starts[local[:-1][local[:-1] < last - first]] = True
     batch = Batch(
         block[None],
         None if real is None else real[first:last][None],
-        starts[None],
+        sequence_starts(last - first, None, local),
         None if uniforms is None else uniforms[first:last][None],
     )
     c = tables(spec, ids.device)
