@@ -2,25 +2,35 @@
 
 The batch: 64 rows tokenized with Qwen2.5's tokenizer from synthetic multi-turn ChatML
 conversations (a system prompt, 2-9 user/assistant exchanges, a tool call and its
-`<tool_response>` in about 3 conversations in 10), about 2,500 tokens a row on average and
-ragged (from about 600 to 6,000), generated here from a fixed seed. The spec is
+`<tool_response>` in about 3 conversations in 10), about 2,700 tokens a row on average and
+ragged (789 to 4,612), generated here from a fixed seed. The spec is
 `MaskSpec.from_tokenizer(tok)`. Rows come as the tokenizer returns them, dicts of Python lists:
 `{"input_ids": [...]}` ("ids"), and with its `attention_mask` too ("ids + mask").
 
 The padding-only floor is the cheapest honest way found to turn the same rows into the padded
-`input_ids` and `attention_mask` tensors a model reads, with no labels: the lists joined end to
-end and converted to int64 in one `np.fromiter` over `itertools.chain` (the fastest of the
-conversions tried, see `FLOORS`), one `np.full` of the pad id, one boolean-masked write of the
-joined ids (right padding), the attention mask from the row lengths (or, with "ids + mask", the
-given masks converted and written the same way), then `torch.from_numpy`. It validates nothing,
-checks nothing and masks nothing: anything a collator does beyond it is its own cost.
+`input_ids` and `attention_mask` tensors a model reads, with no labels: the lists converted to
+one int64 array end to end by the fastest of the conversions in `FLOORS` (measured each run;
+so far always one `struct.pack` a row, joined with `b"".join`), one `np.full` of the pad id,
+one boolean-masked write of the joined ids (right padding), the attention mask from the row
+lengths (or, with "ids + mask", the given masks converted and written the same way), then
+`torch.from_numpy`. It validates nothing, checks nothing and masks nothing: anything a collator
+does beyond it is its own cost.
 
 Every time is the median of interleaved rounds (each round times every case once) in one
-process on one torch thread. The breakdown times the collator's steps one by one, as
-`CompletionCollator.__call__` runs them at this commit; `--no-breakdown` prints the totals
-only, and so runs on older code too (for a before/after, with `PYTHONPATH` on the old tree).
+process on one torch thread; "best" is the fastest round, which a busy machine moves less.
+The ratios are of medians: "x list floor" against the floor of the same input (rows as lists;
+for tensor rows, the tensor floor), "x tensor floor" against padding rows that are int64
+tensors already (the issue's "pad tensors only" floor). On a shared machine the medians of
+list rows swing by up to 2x from run to run, also with the allocator's state (glibc returning
+freed pages and faulting them in again; `MALLOC_TRIM_THRESHOLD_` and `MALLOC_MMAP_THRESHOLD_`
+set high remove most of it), so compare figures from one run.
 
-    python benchmarks/collate_cost.py [--rows 64] [--repeats 21] [--threads 1]
+The breakdown times the collator's steps one by one, as `CompletionCollator.__call__` runs
+them at this commit; `--no-breakdown` prints the totals only, and so runs on older code too
+(for a before/after: `PYTHONPATH=OLD_TREE:. python benchmarks/collate_cost.py
+--no-breakdown`).
+
+    python benchmarks/collate_cost.py [--rows 64] [--rounds 41] [--threads 1] [--no-breakdown]
 """
 
 from __future__ import annotations
@@ -178,8 +188,8 @@ def tensor_floor(examples, pad_id: int) -> dict[str, torch.Tensor]:
 # --- timing ---------------------------------------------------------------------------------
 
 
-def interleaved_ms(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median ms of each case over `rounds` rounds, each timing every case once in turn (so
+def interleaved(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
+    """The ms of each case in each of `rounds` rounds, each timing every case once in turn (so
     that a load change on a shared machine falls on every case alike), after one warm-up."""
     times: dict[str, list[float]] = {name: [] for name in cases}
     for fn in cases.values():
@@ -188,8 +198,13 @@ def interleaved_ms(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str
         for name, fn in cases.items():
             start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def interleaved_ms(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """The median ms of each case over interleaved rounds (:func:`interleaved`)."""
+    return {name: statistics.median(t) for name, t in interleaved(cases, rounds).items()}
 
 
 def breakdown(collate, examples) -> dict[str, Callable[[], Any]]:
@@ -280,20 +295,25 @@ def main(argv: list[str] | None = None) -> int:
         "DataCollatorForCompletionOnlyLM, ids (lists)": lambda: trl(ids_only),
         "DataCollatorForCompletionOnlyLM, ids + mask (lists)": lambda: trl(with_masks),
     }
-    ms = interleaved_ms({**floors, **collators}, args.rounds)
+    times = interleaved({**floors, **collators}, args.rounds)
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    best = {name: min(t) for name, t in times.items()}
     floor_ids = min(v for k, v in ms.items() if k.startswith("floor ids:"))
     floor_masks = min(v for k, v in ms.items() if k.startswith("floor ids + mask:"))
     floor_tensors = ms["tensor floor: torch.cat + numpy fill"]
-    print("\n| floor | ms / batch |\n|---|---|")
+    print("\n| floor | ms / batch | best ms |\n|---|---|---|")
     for name in floors:
-        print(f"| {name} | {ms[name]:.2f} |")
-    print("\n| collator | ms / batch | x list floor | x tensor floor |\n|---|---|---|---|")
+        print(f"| {name} | {ms[name]:.2f} | {best[name]:.2f} |")
+    print(
+        "\n| collator | ms / batch | best ms | x list floor | x tensor floor |\n"
+        "|---|---|---|---|---|"
+    )
     for name in collators:
         floor = floor_masks if "mask (lists)" in name else floor_ids
         if "tensors" in name:
             floor = floor_tensors
         print(
-            f"| {name} | {ms[name]:.2f} | {ms[name] / floor:.1f}x | "
+            f"| {name} | {ms[name]:.2f} | {best[name]:.2f} | {ms[name] / floor:.1f}x | "
             f"{ms[name] / floor_tensors:.1f}x |"
         )
     if not args.no_breakdown:

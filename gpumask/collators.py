@@ -241,15 +241,19 @@ class CompletionCollator:
             masks = [mask[cut] if mask.shape[0] > limit else mask for mask in masks]
         return rows, masks, original
 
-    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+    def _pack(self, examples: Sequence[Any]) -> tuple[Packed, list[int] | None]:
+        """(the rows, truncated, end to end; their lengths before truncation, None if none was
+        cut). The per-row arrays are freed on return, before the batch is allocated."""
         rows, masks = split_examples(examples)
         rows, masks, original = self._truncate(rows, masks)
-        lengths = row_lengths(rows)
-        length = padded_length(lengths, self.pad_to_multiple_of)
-        if length == 0:
+        if max(row_lengths(rows)) == 0:
             raise ValueError("examples: every row is empty")
-        packed = Packed.of(rows, masks)
-        keep = layout(lengths, length, self.padding_side)
+        return Packed.of(rows, masks), original
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        packed, original = self._pack(examples)
+        lengths = np.diff(packed.offsets)
+        keep = layout(lengths, padded_length(lengths, self.pad_to_multiple_of), self.padding_side)
         labels = None
         if self.mask_on == "batch":
             labels, stats = mask_packed(
@@ -266,12 +270,12 @@ class CompletionCollator:
                 reasons = row_reasons(
                     self.spec, packed, stats, original, self.max_length, self.truncation_side
                 )
-                warn_untrained("CompletionCollator", len(rows), reasons, stacklevel=3)
+                warn_untrained("CompletionCollator", len(lengths), reasons, stacklevel=3)
                 empty = count_empty_turns_packed(packed.ids, trained, packed.offsets, self.spec)
                 warn_empty_turns("CompletionCollator", empty)
         if self.padding_free:
             return self._flatten(packed, labels)
-        if masks is None:
+        if packed.mask is None:
             attention_mask = keep.astype(np.int64)
         else:
             attention_mask = pad_joined(packed.mask, keep, 0)
@@ -296,7 +300,7 @@ class CompletionCollator:
         return self.generator
 
     def _flatten(self, packed: Packed, labels: np.ndarray | None) -> dict[str, Any]:
-        lengths = np.diff(packed.offsets)
+        lengths = np.diff(packed.offsets)  # (int64: cu_seq_lens and max_length_q read them)
         positions = np.arange(packed.ids.shape[0]) - np.repeat(packed.offsets[:-1], lengths)
         offsets = cu_seq_lens(lengths)
         batch = {
