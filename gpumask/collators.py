@@ -33,55 +33,61 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpumask.empty_turns import count_empty_turns, warn_empty_turns
-from gpumask.masking import check_ignore_index, mask_labels, prepare
+from gpumask.empty_turns import count_empty_turns_packed, warn_empty_turns
+from gpumask.masking import check_ignore_index, prepare
 from gpumask.padding import (
+    Packed,
     Row,
     check_padding_options,
     cu_seq_lens,
-    first_tokens,
-    flatten,
+    layout,
     not_a_target_at_starts,
-    pad_examples,
+    pad_joined,
     padded_length,
     row_lengths,
+    sequence_starts,
     split_examples,
 )
 from gpumask.reports import NoTrainedTokensWarning, row_reasons, warn_untrained
 from gpumask.spec import MaskSpec
+from gpumask.torch_backend import mask_packed_rows
 
-__all__ = ["CompletionCollator", "NoTrainedTokensWarning", "mask_batch"]
+__all__ = ["CompletionCollator", "NoTrainedTokensWarning", "mask_packed"]
 
 MASK_ON = ("batch", "step")
 
 
-def mask_batch(
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
+def mask_packed(
+    packed: Packed,
+    keep: np.ndarray,
     spec: MaskSpec,
     ignore_index: int,
     generator: torch.Generator | None = None,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Labels of a padded batch and the stats of :func:`gpumask.mask_labels` as numpy arrays
-    (trained tokens, tokens per role, dropped turns per row), to say why a row has no
-    trained token. `attention_mask` is nonzero (or True: no conversion) at real tokens;
-    `generator` gives the draws of `spec.ignore_token_prob`.
+    """Labels of the rows of `packed` (`[N]`, end to end) and the stats of
+    :func:`gpumask.mask_labels` per row as numpy arrays (trained tokens, tokens per role,
+    dropped turns), to say why a row has no trained token: the labels and stats of the padded
+    batch of layout `keep` (:func:`gpumask.padding.layout`), computed on the rows' tokens
+    alone. `generator` gives the draws of `spec.ignore_token_prob`, made over the padded
+    batch as `mask_labels` makes them, so that the same seed drops the same tokens.
 
     Example::
 
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
-        >>> ids = np.array([[1, 11, 5, 2], [1, 10, 5, 2]])
-        >>> labels, stats = mask_batch(ids, np.ones_like(ids), spec, -100)
+        >>> packed = Packed.of([np.array([1, 11, 5, 2]), np.array([1, 10, 5])], None)
+        >>> labels, stats = mask_packed(packed, layout([4, 3], 4, "right"), spec, -100)
         >>> labels.tolist(), stats["trained"].tolist(), stats["role_tokens"].tolist()
-        ([[-100, -100, 5, 2], [-100, -100, -100, -100]], [2, 0], [[0, 4, 0], [4, 0, 0]])
+        ([-100, -100, 5, 2, -100, -100, -100], [2, 0], [[0, 4, 0], [3, 0, 0]])
     """
-    labels, stats = mask_labels(
-        torch.from_numpy(input_ids),
+    keep_t = torch.from_numpy(keep)
+    uniforms = spec.draws(keep_t, generator)
+    labels, stats = mask_packed_rows(
+        torch.from_numpy(packed.ids),
+        torch.from_numpy(packed.offsets),
         spec,
-        attention_mask=torch.from_numpy(attention_mask),
-        ignore_index=ignore_index,
-        generator=generator,
-        return_stats=True,
+        ignore_index,
+        None if packed.mask is None else torch.from_numpy(packed.real),
+        None if uniforms is None else uniforms[keep_t],
     )
     return labels.numpy(), {key: value.numpy() for key, value in stats.items()}
 
@@ -235,35 +241,49 @@ class CompletionCollator:
             masks = [mask[cut] if mask.shape[0] > limit else mask for mask in masks]
         return rows, masks, original
 
-    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+    def _pack(self, examples: Sequence[Any]) -> tuple[Packed, list[int] | None]:
+        """(the rows, truncated, end to end; their lengths before truncation, None if none was
+        cut). The per-row arrays are freed on return, before the batch is allocated."""
         rows, masks = split_examples(examples)
         rows, masks, original = self._truncate(rows, masks)
-        length = padded_length(row_lengths(rows), self.pad_to_multiple_of)
-        if length == 0:
+        if max(row_lengths(rows)) == 0:
             raise ValueError("examples: every row is empty")
-        input_ids, attention_mask, keep, real = pad_examples(
-            rows, masks, length, self.pad_token_id, self.padding_side
-        )
+        return Packed.of(rows, masks), original
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        packed, original = self._pack(examples)
+        lengths = np.diff(packed.offsets)
+        keep = layout(lengths, padded_length(lengths, self.pad_to_multiple_of), self.padding_side)
         labels = None
         if self.mask_on == "batch":
-            labels, stats = mask_batch(
-                input_ids, real, self.spec, self.ignore_index, self._generator()
+            labels, stats = mask_packed(
+                packed, keep, self.spec, self.ignore_index, self._generator()
             )
+            trained = labels != self.ignore_index
             if self.padding_free:
-                starts = torch.from_numpy(first_tokens(keep))
-                not_a_target_at_starts(torch.from_numpy(labels), starts, self.ignore_index)
-                stats["trained"] = (labels != self.ignore_index).sum(1)
+                starts = sequence_starts(len(labels), None, torch.from_numpy(packed.offsets))
+                not_a_target_at_starts(torch.from_numpy(labels)[None], starts, self.ignore_index)
+                trained &= ~starts[0].numpy()
+                counted = np.concatenate([[0], np.cumsum(trained)])
+                stats["trained"] = counted[packed.offsets[1:]] - counted[packed.offsets[:-1]]
             if self.warn:
                 reasons = row_reasons(
-                    self.spec, input_ids, real, stats, original, self.max_length,
-                    self.truncation_side,
-                )  # fmt: skip
-                warn_untrained("CompletionCollator", len(labels), reasons, stacklevel=3)
-                empty = count_empty_turns(input_ids, labels != self.ignore_index, self.spec)
+                    self.spec, packed, stats, original, self.max_length, self.truncation_side
+                )
+                warn_untrained("CompletionCollator", len(lengths), reasons, stacklevel=3)
+                empty = count_empty_turns_packed(packed.ids, trained, packed.offsets, self.spec)
                 warn_empty_turns("CompletionCollator", empty)
         if self.padding_free:
-            return self._flatten(input_ids, keep, labels)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+            return self._flatten(packed, labels)
+        if packed.mask is None:
+            attention_mask = keep.astype(np.int64)
+        else:
+            attention_mask = pad_joined(packed.mask, keep, 0)
+        batch = {
+            "input_ids": pad_joined(packed.ids, keep, self.pad_token_id),
+            "attention_mask": attention_mask,
+            "labels": None if labels is None else pad_joined(labels, keep, self.ignore_index),
+        }
         return {k: torch.from_numpy(v) for k, v in batch.items() if v is not None}
 
     def _generator(self) -> torch.Generator | None:
@@ -279,17 +299,18 @@ class CompletionCollator:
             self._seeded_for = worker
         return self.generator
 
-    def _flatten(self, input_ids, keep, labels) -> dict[str, Any]:
-        input_ids, position_ids, labels, lengths = flatten(input_ids, keep, labels)
+    def _flatten(self, packed: Packed, labels: np.ndarray | None) -> dict[str, Any]:
+        lengths = np.diff(packed.offsets)  # (int64: cu_seq_lens and max_length_q read them)
+        positions = np.arange(packed.ids.shape[0]) - np.repeat(packed.offsets[:-1], lengths)
         offsets = cu_seq_lens(lengths)
         batch = {
-            "input_ids": input_ids,
-            "position_ids": position_ids,
+            "input_ids": torch.from_numpy(packed.ids[None]),
+            "position_ids": torch.from_numpy(positions[None]),
             "cu_seq_lens_q": offsets,
             "cu_seq_lens_k": offsets,
             "max_length_q": int(lengths.max()),
             "max_length_k": int(lengths.max()),
         }
         if labels is not None:
-            batch["labels"] = labels
+            batch["labels"] = torch.from_numpy(labels[None])
         return batch

@@ -44,36 +44,53 @@ def _matches(flat_ids: np.ndarray, starts: np.ndarray, marker: tuple[int, ...]) 
 def count_empty_turns(input_ids: np.ndarray, trained: np.ndarray, spec: MaskSpec) -> np.ndarray:
     """Per row of `input_ids` `[B, T]`, the turns whose trained tokens are an end-of-turn marker
     alone, right after a header of a trained role (`trained` `[B, T]`: labels != ignore_index).
+    """
+    batch, length = input_ids.shape
+    offsets = np.arange(batch + 1, dtype=np.int64) * length
+    return count_empty_turns_packed(input_ids.reshape(-1), np.reshape(trained, -1), offsets, spec)
+
+
+def count_empty_turns_packed(
+    ids: np.ndarray, trained: np.ndarray, offsets: np.ndarray, spec: MaskSpec
+) -> np.ndarray:
+    """:func:`count_empty_turns` for rows end to end: row i is `ids[offsets[i]:offsets[i + 1]]`
+    (`trained` `[N]`), a count per row.
 
     Only the starts of trained runs are looked at (a few per turn), so it costs little beside
     the masking.
+
+    Example::
+
+        >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
+        >>> ids = np.array([1, 11, 2, 1, 11, 2, 6])  # rows [1, 11, 2] and [1, 11, 2, 6]
+        >>> trained = np.array([0, 0, 1, 0, 0, 1, 1], dtype=bool)
+        >>> count_empty_turns_packed(ids, trained, np.array([0, 3, 7]), spec).tolist()
+        [1, 0]
     """
-    batch, length = input_ids.shape
+    rows = offsets.shape[0] - 1
     trained = np.asarray(trained, dtype=bool)
     run_start = trained.copy()
-    run_start[:, 1:] &= ~trained[:, :-1]
+    run_start[1:] &= ~trained[:-1]
+    inner = offsets[1:-1][offsets[1:-1] < trained.shape[0]]  # a row's first token starts a run
+    run_start[inner] = trained[inner]
     starts = np.flatnonzero(run_start)
     if starts.size == 0 or not spec.end_of_turn:
-        return np.zeros(batch, dtype=np.int64)
-    flat_ids = input_ids.reshape(-1)
-    flat_trained = np.concatenate([trained.reshape(-1), [False]])
-    column = starts % length
+        return np.zeros(rows, dtype=np.int64)
+    row = np.searchsorted(offsets[1:], starts, side="right")
+    row_start, row_end = offsets[row], offsets[row + 1]
+    flat_trained = np.concatenate([trained, [False]])
     eot_alone = np.zeros(starts.shape, dtype=bool)
     for marker in spec.end_of_turn:
-        n = len(marker)
-        in_row = column + n <= length
-        run_ends = in_row & ~flat_trained[np.where(in_row, starts + n, -1)]
-        run_ends |= column + n == length
-        eot_alone |= _matches(flat_ids, starts, marker) & run_ends & in_row
+        end = starts + len(marker)
+        in_row = end <= row_end
+        run_ends = in_row & ((end == row_end) | ~flat_trained[np.where(in_row, end, -1)])
+        eot_alone |= _matches(ids, starts, marker) & run_ends
     after_header = np.zeros(starts.shape, dtype=bool)
     for role in spec.train_roles:
         for header in spec.roles[role]:
-            fits = column >= len(header)
-            after_header |= fits & _matches(
-                flat_ids, np.where(fits, starts - len(header), -1), header
-            )
-    rows = starts[eot_alone & after_header] // length
-    return np.bincount(rows, minlength=batch).astype(np.int64)
+            fits = starts - len(header) >= row_start
+            after_header |= fits & _matches(ids, np.where(fits, starts - len(header), -1), header)
+    return np.bincount(row[eot_alone & after_header], minlength=rows).astype(np.int64)
 
 
 def empty_turns_message(counts: np.ndarray, names: list[str] | None = None) -> str | None:

@@ -11,8 +11,8 @@ Example::
 
 from __future__ import annotations
 
-import array
 import dataclasses
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,11 +34,12 @@ def _as_row(value: Any, index: int, key: str | None = None) -> Row:
             return value
         value = value.detach().cpu().numpy()
     elif type(value) in (list, tuple) and not (value and isinstance(value[0], bool)):
-        # Python ints straight into int64 (a third faster than numpy's type inference); any
-        # other item (float, str, None, too large) raises, and numpy below says what it is.
+        # Python ints straight into int64 bytes (twice as fast as array.array or numpy, which
+        # infers the type first); any other item (float, str, None, too large) raises, and
+        # numpy below says what it is.
         try:
-            return np.frombuffer(array.array("q", value), dtype=np.int64)
-        except (TypeError, OverflowError):
+            return np.frombuffer(struct.pack(f"{len(value)}q", *value), dtype=np.int64)
+        except struct.error:
             pass
     where = f"examples[{index}]" if key is None else f"examples[{index}][{key!r}]"
     if isinstance(value, Mapping):
@@ -70,8 +71,27 @@ def _as_row(value: Any, index: int, key: str | None = None) -> Row:
     return row.astype(np.int64, copy=False)
 
 
+def _all_ones(mask: Any, row: Row) -> bool:
+    """Whether `mask` is a list of int ones as long as `row` (what a tokenizer returns for a
+    row it did not pad): the same as no mask, read with one `list.count`, not converted."""
+    return (
+        type(mask) is list
+        and len(mask) == row.shape[0]
+        and (not mask or type(mask[0]) is int)
+        and mask.count(1) == len(mask)
+    )
+
+
 def split_examples(examples: Sequence[Any]) -> tuple[list[Row], list[Row] | None]:
-    """(input_ids rows, attention_mask rows or None) from dicts or bare id sequences."""
+    """(input_ids rows, attention_mask rows or None) from dicts or bare id sequences; None also
+    when every given mask is a list of ones (a tokenizer's unpadded rows), which reads the same.
+
+    Example::
+
+        >>> rows, masks = split_examples([{"input_ids": [5, 6], "attention_mask": [1, 1]}])
+        >>> rows[0].tolist(), masks
+        ([5, 6], None)
+    """
     if isinstance(examples, Mapping) or isinstance(examples, str | bytes):
         raise TypeError(f"examples: expected a list of examples, got {type(examples).__name__}")
     if len(examples) == 0:
@@ -87,7 +107,7 @@ def split_examples(examples: Sequence[Any]) -> tuple[list[Row], list[Row] | None
             )
     rows = [_as_row(example["input_ids"], i, "input_ids") for i, example in enumerate(examples)]
     masks = [example.get("attention_mask") for example in examples]
-    if all(mask is None for mask in masks):
+    if all(mask is None or _all_ones(mask, rows[i]) for i, mask in enumerate(masks)):
         return rows, None
     for i, mask in enumerate(masks):
         if mask is None:
@@ -114,7 +134,7 @@ def row_lengths(rows: Sequence[Row]) -> list[int]:
     return [row.shape[0] for row in rows]
 
 
-def _concatenate(rows: Sequence[Row]) -> np.ndarray:
+def join_rows(rows: Sequence[Row]) -> np.ndarray:
     """The rows end to end, int64: one `torch.cat` when they are all CPU tensors."""
     if all(isinstance(row, torch.Tensor) and row.is_cpu for row in rows):
         return torch.cat(list(rows)).numpy().astype(np.int64, copy=False)
@@ -123,37 +143,75 @@ def _concatenate(rows: Sequence[Row]) -> np.ndarray:
     ).astype(np.int64, copy=False)
 
 
+def layout(lengths: Sequence[int], length: int, padding_side: str) -> np.ndarray:
+    """Where the tokens of rows of `lengths` lie in a batch padded to `length` (bool `[B,
+    length]`): the first or last `lengths[i]` positions of row i.
+
+    Example::
+
+        >>> layout([2, 3], 3, "left").astype(int).tolist()
+        [[0, 1, 1], [1, 1, 1]]
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    positions = np.arange(length)
+    if padding_side == "left":
+        return positions[None, :] >= (length - lengths)[:, None]
+    return positions[None, :] < lengths[:, None]
+
+
+def pad_joined(joined: np.ndarray, keep: np.ndarray, fill: int) -> np.ndarray:
+    """`joined`, rows end to end, written where `keep` is True (row-major), `fill` elsewhere:
+    one `np.full` and one masked write for the whole batch, no per-row writes."""
+    out = np.full(keep.shape, fill, dtype=joined.dtype)
+    out[keep] = joined
+    return out
+
+
 def pad_rows(
     rows: Sequence[Row], length: int, fill: int, padding_side: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """(`[B, length]` int64 array of `rows` padded with `fill`, bool mask of the row tokens).
 
-    One concatenation and one masked fill for the whole batch, in numpy (which, unlike torch's
-    threaded CPU kernels, costs the same on a busy machine); no per-row writes.
+    In numpy (which, unlike torch's threaded CPU kernels, costs the same on a busy machine).
     """
-    lengths = np.array(row_lengths(rows), dtype=np.int64)
-    positions = np.arange(length)
-    if padding_side == "left":
-        keep = positions[None, :] >= (length - lengths)[:, None]
-    else:
-        keep = positions[None, :] < lengths[:, None]
-    out = np.full((len(rows), length), fill, dtype=np.int64)
-    out[keep] = _concatenate(rows)
-    return out, keep
+    keep = layout(row_lengths(rows), length, padding_side)
+    return pad_joined(join_rows(rows), keep, fill), keep
 
 
-def pad_examples(
-    rows: Sequence[Row], masks: Sequence[Row] | None, length: int, fill: int, padding_side: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask, keep, real) of a batch padded to `length`: the ids padded
-    with `fill`, the attention mask (int64: the given masks padded with 0, else 1 on every row
-    token), the row tokens (bool), and what :func:`mask_batch` reads as real tokens: `keep`
-    when no mask was given (bool, no conversion), else the attention mask (nonzero)."""
-    input_ids, keep = pad_rows(rows, length, fill, padding_side)
-    if masks is None:
-        return input_ids, keep.astype(np.int64), keep, keep
-    attention_mask, _ = pad_rows(masks, length, 0, padding_side)
-    return input_ids, attention_mask, keep, attention_mask
+@dataclasses.dataclass(frozen=True)
+class Packed:
+    """Rows end to end, as the collators mask them: `ids` `[N]` int64, `mask` `[N]` int64 (the
+    attention masks, None: every token is real) and `offsets` `[B + 1]` int64 (row i is
+    `ids[offsets[i]:offsets[i + 1]]`).
+
+    Example::
+
+        >>> p = Packed.of([np.array([5, 6, 7]), np.array([8])], None)
+        >>> p.ids.tolist(), p.offsets.tolist(), p.real_ids(1)
+        ([5, 6, 7, 8], [0, 3, 4], [8])
+    """
+
+    ids: np.ndarray
+    mask: np.ndarray | None
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, rows: Sequence[Row], masks: Sequence[Row] | None) -> Packed:
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(row_lengths(rows), out=offsets[1:])
+        return cls(join_rows(rows), None if masks is None else join_rows(masks), offsets)
+
+    @property
+    def real(self) -> np.ndarray | None:
+        """Bool `[N]`: the real tokens (attention mask nonzero); None when all are real."""
+        return None if self.mask is None else self.mask != 0
+
+    def real_ids(self, i: int) -> list[int]:
+        """The real tokens of row i."""
+        ids = self.ids[self.offsets[i] : self.offsets[i + 1]]
+        if self.mask is not None:
+            ids = ids[self.mask[self.offsets[i] : self.offsets[i + 1]] != 0]
+        return ids.tolist()
 
 
 def check_padding_options(padding_side: str, pad_to_multiple_of: int | None) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gpumask.masking import mask_labels
+from gpumask.padding import Packed
 from gpumask.spec import MaskSpec
 
 NO_ROLE = "(no role)"
@@ -109,20 +110,19 @@ def dropped_reason(spec: MaskSpec, dropped_turns: int) -> str:
 
 def row_reasons(
     spec: MaskSpec,
-    input_ids: np.ndarray,
-    real: np.ndarray,
+    packed: Packed,
     stats: dict[str, np.ndarray],
     original: Sequence[int] | None = None,
     max_length: int | None = None,
     truncation_side: str = "right",
 ) -> dict[int, str]:
-    """{row: :func:`untrained_reason`} for every row of a padded batch with no trained token;
-    `real` is nonzero at real tokens, `stats` those of :func:`gpumask.collators.mask_batch`,
-    `original` the row lengths before truncation."""
+    """{row: :func:`untrained_reason`} for every row of a batch with no trained token; `packed`
+    holds the rows (:class:`gpumask.padding.Packed`), `stats` are those of
+    :func:`gpumask.collators.mask_packed`, `original` the row lengths before truncation."""
     return {
         i: untrained_reason(
             spec,
-            input_ids[i][real[i] != 0].tolist(),
+            packed.real_ids(i),
             stats["role_tokens"][i].tolist(),
             None if original is None else original[i],
             max_length,

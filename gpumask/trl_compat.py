@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from gpumask import padding
-from gpumask.collators import mask_batch
+from gpumask.collators import mask_packed
 from gpumask.masking import check_ignore_index
 from gpumask.reports import template_reason, warn_untrained
 from gpumask.spec import MaskSpec, is_id_list
@@ -212,6 +212,8 @@ class DataCollatorForCompletionOnlyLM:
         rows, masks = padding.split_examples(examples)
         lengths = padding.row_lengths(rows)
         length = padding.padded_length(lengths, self.pad_to_multiple_of)
+        if length == 0:
+            raise ValueError("examples: every row is empty")
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None and any(n != length for n in lengths):
             raise ValueError(
@@ -219,11 +221,15 @@ class DataCollatorForCompletionOnlyLM:
                 "set tokenizer.pad_token"
             )
         padding_side = getattr(self.tokenizer, "padding_side", None) or "right"
-        fill = 0 if pad_id is None else pad_id
-        input_ids, attention_mask, _, real = padding.pad_examples(
-            rows, masks, length, fill, padding_side
-        )
-        labels, stats = mask_batch(input_ids, real, self.spec, self.ignore_index)
+        packed = padding.Packed.of(rows, masks)
+        keep = padding.layout(lengths, length, padding_side)
+        labels, stats = mask_packed(packed, keep, self.spec, self.ignore_index)
+        input_ids = padding.pad_joined(packed.ids, keep, 0 if pad_id is None else pad_id)
+        if masks is None:
+            attention_mask = keep.astype(np.int64)
+        else:
+            attention_mask = padding.pad_joined(packed.mask, keep, 0)
+        labels = padding.pad_joined(labels, keep, self.ignore_index)
         found = stats["role_tokens"][:, self.spec.role_names.index("response")] > 0
         reasons = {
             i: template_reason(
