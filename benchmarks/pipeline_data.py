@@ -4,19 +4,20 @@
 to 8 user/assistant exchanges; 570 of them (28.5%) also call a tool: an assistant turn with
 `tool_calls` (and no text, or a short preface), a `tool` turn with the result, and the
 assistant's answer. About 5.0M tokens under the Qwen2.5 tokenizer (2,500 a conversation on
-average, from 300 to 8,000). Deterministic: the same `n` and `seed` give the same
-conversations, and the first `n` of a larger set are not the same as a smaller set (every
-draw depends on `n` only through the tool-calling rows).
+average, from about 400 to 5,400). Deterministic: the same `n` and `seed` give the same
+conversations.
 
 Every message has the same keys (`role`, `content`, `tool_calls`: None where there is none)
 and every tool call the same argument names, so a `datasets.Dataset` stores them without
 adding keys, and the rows render as they were written.
 
-    >>> chats = conversations(4, seed=0)
-    >>> [m["role"] for m in chats[1]]
-    ['system', 'user', 'assistant', 'user', 'assistant', 'assistant', 'tool', 'assistant']
-    >>> chats[1][5]["tool_calls"][0]["function"]["name"], chats[1][6]["content"][:12]
-    ('search_docs', '{"results": ')
+    >>> chats = conversations(2, seed=0)
+    >>> [m["role"] for m in chats[1]][7:11]
+    ['user', 'assistant', 'tool', 'assistant']
+    >>> chats[1][8]["content"], chats[1][8]["tool_calls"][0]["function"]
+    ('', {'name': 'lookup_order', 'arguments': {'query': 'All man', 'limit': 11}})
+    >>> chats[1][9]["content"][:13]
+    '{"results": ['
     >>> sum(has_tool_call(c) for c in conversations(2000))
     570
 """

@@ -53,6 +53,8 @@ import dataclasses
 import datetime
 import gc
 import hashlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -132,11 +134,11 @@ def tokenize(dataset: Any, tok: Any, batched: bool = False, num_proc: int | None
 
 def _trl_missing() -> str | None:
     try:
-        import trl
-    except ImportError:
+        version = importlib.metadata.version("trl")
+    except importlib.metadata.PackageNotFoundError:
         return f"trl 1.x: not installed; {INSTALL['trl']}"
-    if int(trl.__version__.split(".")[0]) < 1:
-        return f"trl 1.x: this environment has trl {trl.__version__}; {INSTALL['trl']}"
+    if int(version.split(".")[0]) < 1:
+        return f"trl 1.x: this environment has trl {version}; {INSTALL['trl']}"
     return None
 
 
@@ -179,10 +181,8 @@ def _trl(dataset: Any, tok: Any, trainer: Any) -> Prepared:
 
 
 def _unsloth_missing() -> str | None:
-    try:
-        import unsloth_zoo.dataset_utils  # noqa: F401
-    except ImportError as error:
-        return f"Unsloth (unsloth_zoo): not importable ({error}); {INSTALL['unsloth']}"
+    if importlib.util.find_spec("unsloth_zoo") is None:
+        return f"Unsloth (unsloth_zoo): not installed; {INSTALL['unsloth']}"
     return None
 
 
@@ -395,8 +395,8 @@ def _status_kib(field: str) -> int | None:
 
 
 def child(key: str, n: int) -> dict[str, Any]:
-    """In a fresh process: one pipeline end to end; resident set at its start and its peak."""
-    torch.set_num_threads(1)
+    """One pipeline end to end; the resident set at its start and its peak (meant for a fresh
+    process: `--child`)."""
     pipeline = next(p for p in PIPELINES if p.key == key)
     tok, dataset = _load(n)
     context = pipeline.setup(tok)
@@ -665,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1:
         parser.error(f"-n: expected a positive number of conversations, got {args.n}")
     if args.child:
+        torch.set_num_threads(1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             print(json.dumps(child(args.child, args.n)))
