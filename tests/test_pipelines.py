@@ -30,7 +30,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def report():
-    return pipelines.run(6, measure_memory=False, with_levers=False)
+    return pipelines.run(6, measure_memory=False, with_levers=False, repeats=1)
 
 
 def reply_spans(text: str, messages: list[dict]) -> list[tuple[int, int]]:

@@ -19,7 +19,7 @@ N = 6
 
 @pytest.fixture(scope="module")
 def ran():
-    report = pipelines.run(N, measure_memory=False, with_levers=False)
+    report = pipelines.run(N, measure_memory=False, with_levers=False, repeats=1)
     assert report["skipped"] == []
     return {r["pipeline"]: r for r in report["pipelines"]}
 
