@@ -178,20 +178,15 @@ def detect_chat_format(tokenizer: Any, chat_template: str | None = None) -> Chat
     return read_format(Reader(tokenizer, chat_template), tokenizer, chat_template)
 
 
-def samples() -> int:
+def samples(transformers_version: str | None = None) -> int:
     """Random conversations of each type that a format read off a template is checked on:
-    `SAMPLES`, or more with a transformers older than 5.
+    `SAMPLES`, or more with a transformers older than 5 (the installed one by default).
 
-        >>> from unittest import mock
-        >>> with mock.patch("transformers.__version__", "4.57.6"):
-        ...     samples()
-        20
-        >>> with mock.patch("transformers.__version__", "5.0.0"):
-        ...     samples()
-        3
+        >>> samples("4.57.6"), samples("5.0.0")
+        (20, 3)
     """
-    major = int(transformers.__version__.split(".")[0])
-    return SAMPLES if major >= 5 else SAMPLES_BEFORE_TRANSFORMERS_5
+    version = transformers.__version__ if transformers_version is None else transformers_version
+    return SAMPLES if int(version.split(".")[0]) >= 5 else SAMPLES_BEFORE_TRANSFORMERS_5
 
 
 def read_format(reader: Reader, tokenizer: Any, chat_template: str | None) -> ChatFormat:
