@@ -83,7 +83,7 @@ import torch  # noqa: E402
 
 import gpumask  # noqa: E402
 from benchmarks.pipeline_data import conversations, has_tool_call  # noqa: E402
-from benchmarks.run import machine  # noqa: E402
+from benchmarks.run import machine, render_table  # noqa: E402
 
 TOKENIZER = ROOT / "tests" / "fixtures" / "tokenizers" / "qwen2_5"
 GENERATION_TEMPLATE = ROOT / "benchmarks" / "templates" / "qwen2_5_generation.jinja"
@@ -574,13 +574,7 @@ def table(report: dict[str, Any], markdown: bool = False) -> str:
             above = r.get("memory", {}).get("peak_above_start_mib")
             line.append("-" if above is None else f"{above:.0f}")
         lines.append(line)
-    if markdown:
-        align = [":---"] + ["---:"] * (len(head) - 1)
-        out = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
-        return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
-    widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join(fmt.format(*row) for row in [head, *lines])
+    return render_table(head, lines, [":---"] + ["---:"] * (len(head) - 1), markdown)
 
 
 def label_lines(report: dict[str, Any]) -> list[str]:

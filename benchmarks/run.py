@@ -337,8 +337,23 @@ def table(report: dict[str, Any], markdown: bool = False) -> str:
         [str(k[0]), str(k[1]), k[2], k[3], *(cell(k, i) for i in impls)]
         for k in sorted(by_key, key=lambda k: (k[0], k[1], k[2] == "dense", k[3]))
     ]
+    return render_table(head, lines, ["---:", "---:", ":---", ":---"] + ["---:"] * len(impls),
+                        markdown)  # fmt: skip
+
+
+def render_table(head: list[str], lines: list[list[str]], align: list[str], markdown: bool) -> str:
+    """`lines` under `head`: a markdown table (`align`: its `---:` / `:---` cells), or plain
+    columns right-aligned for a terminal.
+
+        >>> print(render_table(["a", "bb"], [["1", "2"]], [":---", "---:"], markdown=False))
+        a  bb
+        1   2
+        >>> print(render_table(["a", "bb"], [["1", "2"]], [":---", "---:"], markdown=True))
+        | a | bb |
+        |:---|---:|
+        | 1 | 2 |
+    """
     if markdown:
-        align = ["---:", "---:", ":---", ":---"] + ["---:"] * len(impls)
         out = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
         return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines])
     widths = [max(len(x) for x in col) for col in zip(head, *lines, strict=True)]
