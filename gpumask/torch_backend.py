@@ -89,6 +89,8 @@ class Tables:
       v (index 0 stands for negative ids, V + 1 for ids >= V, V = 1 + the largest marker
       id), so ids need one clamp before an `index_select`. None when the largest marker id
       is `DIRECT_CLASS_IDS` or more; then `marker_ids` `[U]` (sorted, int64) is searched.
+    - `marker_id` `[V + 2]` bool, `token_class != 0`: whether id v is a marker id, read by the
+      collators' packed path; None with `token_class`.
     - `match_words` `[K, U + 1]` (int32 when the markers fit in 31 bits, else int64): bit m
       of `match_words[k, c]` is set when marker m accepts a token of class c at offset k
       (its k-th id has class c, or it is shorter than k + 1).
@@ -105,6 +107,7 @@ class Tables:
     """
 
     token_class: torch.Tensor | None
+    marker_id: torch.Tensor | None
     marker_ids: torch.Tensor
     match_words: torch.Tensor
     key_words: torch.Tensor
@@ -173,6 +176,7 @@ def _build_tables(spec: MaskSpec, device: torch.device) -> Tables:
         window_words = window_words.flatten().to(device)
     return Tables(
         token_class=token_class,
+        marker_id=None if token_class is None else token_class != 0,
         marker_ids=torch.tensor(marker_tokens, dtype=torch.int64).to(device),
         match_words=_match_words(markers, rank, max_len).to(device),
         key_words=key_words.to(device),
@@ -384,14 +388,14 @@ def _mask_packed_block(ids, offsets, spec, ignore_index, real, uniforms) -> Resu
     first, last = int(offsets[0]), int(offsets[-1])
     block = ids[first:last]
     local = offsets - first
-    batch = Batch(
-        block[None],
-        None if real is None else real[first:last][None],
-        sequence_starts(last - first, None, local),
-        None if uniforms is None else uniforms[first:last][None],
-    )
     c = tables(spec, ids.device)
-    trained, stats = _on_marker_runs(batch.input_ids, c, batch.real, batch.seq_start, True, local)
+    if real is None:
+        trained, stats = _on_packed_runs(block, c, local)
+    else:
+        seq_start = sequence_starts(last - first, None, local)
+        real = real[first:last][None]
+        trained, stats = _on_marker_runs(block[None], c, real, seq_start, True, local)
+    batch = Batch(block[None], uniforms=None if uniforms is None else uniforms[first:last][None])
     labels, stats = _labels(batch, c, trained, ignore_index, stats, local)
     return labels[0], stats
 
@@ -501,33 +505,93 @@ def _on_marker_runs(
         keep |= seq_start
     keep = keep.view(-1)
     kept = torch.from_numpy(np.flatnonzero(keep.numpy()))  # (numpy's: twice as fast on the CPU)
-    ids = torch.where(marker.view(-1)[kept], classes[kept], 0)
+    kept_classes = torch.where(marker.view(-1)[kept], classes[kept], 0)
     starts = kept % length == 0
     if seq_start is not None:
         starts |= seq_start.reshape(-1)[kept]
-    trained, role, dropped = _trained_and_role(ids[None], c, starts[None])
+    real_kept = None if real is None else real.reshape(-1)[kept]
+    if offsets is None:
+        row, rows = kept // length, batch
+    else:
+        row, rows = torch.searchsorted(offsets[1:], kept, right=True), offsets.shape[0] - 1
+    trained, stats = _on_kept(kept, kept_classes, starts, real_kept, c, flat.numel(), with_stats,
+                              row, rows)  # fmt: skip
+    return trained.view(batch, length), stats
+
+
+def _on_packed_runs(
+    ids: torch.Tensor, c: Tables, offsets: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`_on_marker_runs` for rows packed end to end (`ids` `[N]`, every token real),
+    with stats per row: the kept tokens are the marker tokens, the token after each and each
+    row's first token, found from the positions of the marker tokens, so that the only passes
+    over the rows are the lookup of marker ids and the spreading back (trained `[1, N]`)."""
+    n = ids.shape[0]
+    flat = ids.numpy()
+    direct = c.token_class is not None
+    markers = np.flatnonzero(
+        _read_table(c.marker_id, flat) if direct else token_classes(ids, c).numpy()
+    )
+    first = offsets[:-1].numpy()
+    at = np.zeros(n + 2, dtype=bool)  # (index n: a marker at the end, or an empty last row)
+    at[markers] = True
+    at[markers + 1] = True
+    at[first] = True
+    kept = np.flatnonzero(at[:n])
+    starts = np.zeros(kept.shape[0], dtype=bool)
+    starts[np.searchsorted(kept, first[first < n])] = True
+    row = np.searchsorted(offsets[1:].numpy(), kept, side="right")
+    kept = torch.from_numpy(kept)
+    if direct:
+        classes = torch.from_numpy(_read_table(c.token_class, flat[kept.numpy()]))
+    else:
+        classes = token_classes(ids[kept], c)
+    trained, stats = _on_kept(kept, classes, torch.from_numpy(starts), None, c, n, True,
+                              torch.from_numpy(row), offsets.shape[0] - 1)  # fmt: skip
+    return trained[None], stats
+
+
+def _read_table(table: torch.Tensor, ids: np.ndarray) -> np.ndarray:
+    """`table[ids + 1]` in numpy, for a table shifted by one as `Tables.token_class` is: index 0
+    for negative ids, the last for ids past the table."""
+    table = table.numpy()
+    if table[1]:  # id 0 is set: shifted, so that negative ids read index 0
+        return table.take(ids + 1, mode="clip")
+    return table[1:].take(ids, mode="clip")  # negative ids clip to id 0, which is not set
+
+
+def _on_kept(
+    kept: torch.Tensor,
+    classes: torch.Tensor,
+    starts: torch.Tensor,
+    real: torch.Tensor | None,
+    c: Tables,
+    n: int,
+    with_stats: bool,
+    row: torch.Tensor,
+    rows: int,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """(trained `[n]`, stats per row) from the kept tokens of :func:`_on_marker_runs`: their
+    flat positions `kept` among `n` tokens, their `classes` (0 for the token standing for a
+    plain run), whether a sequence `starts` there, whether they are `real` (None: all), and
+    the `row` (of `rows`) each lies in."""
+    trained, role, dropped = _trained_and_role(classes[None], c, starts[None])
     trained, role = trained[0], role[0]
     if real is not None:
-        trained &= real.reshape(-1)[kept]
-    counts = F.pad(kept[1:], (0, 1), value=flat.numel()) - kept  # tokens in each run
+        trained &= real
+    counts = F.pad(kept[1:], (0, 1), value=n) - kept  # tokens in each run
     # Each kept token's result repeated over its run (numpy's repeat: several times faster
     # than a cumsum and a gather, or torch's repeat_interleave).
     trained_all = torch.from_numpy(np.repeat(trained.numpy(), counts.numpy()))
-    trained_all = trained_all.view(batch, length)
     if not with_stats:
         return trained_all, None
     if real is not None:
-        counts *= real.reshape(-1)[kept]
-    if offsets is None:
-        row = kept // length
-    else:
-        row = torch.searchsorted(offsets[1:], kept, right=True)
-        batch = offsets.shape[0] - 1
-    trained_counts = torch.zeros(batch, dtype=torch.int64, device=input_ids.device)
+        counts *= real
+    trained_counts = torch.zeros(rows, dtype=torch.int64)
     trained_counts.index_put_((row,), counts * trained, accumulate=True)
-    role_tokens = torch.zeros(batch, c.n_roles + 1, dtype=torch.int64, device=input_ids.device)
+    role_tokens = torch.zeros(rows, c.n_roles + 1, dtype=torch.int64)
     role_tokens.index_put_((row, role.long()), counts, accumulate=True)
-    dropped_turns = torch.zeros(batch, dtype=torch.int64, device=input_ids.device)
+    dropped_turns = torch.zeros(rows, dtype=torch.int64)
     if dropped is not None:
         dropped_turns.index_put_((row,), dropped[0].long(), accumulate=True)
     stats = {"trained": trained_counts, "role_tokens": role_tokens, "dropped_turns": dropped_turns}

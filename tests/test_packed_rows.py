@@ -211,6 +211,31 @@ def test_a_mask_list_that_is_no_int_mask_still_raises(mask, message):
         CompletionCollator(None, SPEC)([{"input_ids": SHORT, "attention_mask": mask}])
 
 
+@pytest.mark.parametrize(
+    "roles",
+    [
+        {"user": [0, 5], "assistant": [0, 6]},  # id 0 is a marker id: negative ids read past it
+        {"user": [2**40, 5], "assistant": [2**40, 6]},  # too large for a table: searched
+        {"user": [1, 5], "assistant": [1, 6]},
+    ],
+)
+def test_packed_rows_read_negative_large_and_marker_ids_as_the_padded_batch(roles):
+    spec = MaskSpec(roles=roles, end_of_turn=[2])
+    h = roles["user"][0]
+    rows = [
+        torch.tensor([h, 5, -1, 7, 2, h, 6, -(2**63), 2**63 - 1, 2, h]),
+        torch.tensor([h, 6, 7, 2]),
+        torch.tensor([-1, h, 6, 2**62, 2, 5, -1, 6, 9]),  # -1 then 6 is no header
+    ]
+    want, want_stats, keep = padded_labels(spec, rows, None, 0, "right")
+    got, stats = mask_packed(Packed.of(rows, None), keep.numpy(), spec, X)
+    assert got.tolist() == want.tolist()
+    tail = [-(2**63), 2**63 - 1, 2, X]
+    assert got.tolist() == [X] * 7 + tail + [X, X, 7, 2] + [X, X, X, 2**62, 2, X, X, X, X]
+    for key in ("trained", "role_tokens", "dropped_turns"):
+        assert stats[key].tolist() == want_stats[key].tolist(), key
+
+
 def test_large_and_negative_ids_convert_exactly():
     ids = [2**62, -5, 0, 2**63 - 1]
     assert split_examples([ids])[0][0].tolist() == ids
