@@ -228,7 +228,8 @@ def breakdown(collate, examples) -> dict[str, Callable[[], Any]]:
     length = padded_length(lengths, None)
     packed = Packed.of(rows, masks)
     keep = layout(lengths, length, collate.padding_side)
-    labels, stats = mask_packed(packed, keep, spec, ignore)
+    masked = mask_packed(packed, keep, spec, ignore)
+    labels, stats = masked.labels, masked.stats
 
     def pad():
         mask = keep.astype(np.int64) if masks is None else pad_joined(packed.mask, keep, 0)
@@ -243,7 +244,9 @@ def breakdown(collate, examples) -> dict[str, Callable[[], Any]]:
         "masking (mask_packed: labels, stats)": lambda: mask_packed(packed, keep, spec, ignore),
         "reasons, empty turns": lambda: (
             row_reasons(spec, packed, stats),
-            count_empty_turns_packed(packed.ids, labels != ignore, packed.offsets, spec),
+            count_empty_turns_packed(
+                packed.ids, masked.trained, packed.offsets, spec, masked.run_starts
+            ),
         ),
         "padding (ids, attention mask, labels)": lambda: (
             pad(),

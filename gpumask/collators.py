@@ -50,7 +50,7 @@ from gpumask.padding import (
 )
 from gpumask.reports import NoTrainedTokensWarning, row_reasons, warn_untrained
 from gpumask.spec import MaskSpec
-from gpumask.torch_backend import mask_packed_rows
+from gpumask.torch_backend import PackedLabels, mask_packed_rows
 
 __all__ = ["CompletionCollator", "NoTrainedTokensWarning", "mask_packed"]
 
@@ -63,33 +63,35 @@ def mask_packed(
     spec: MaskSpec,
     ignore_index: int,
     generator: torch.Generator | None = None,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Labels of the rows of `packed` (`[N]`, end to end) and the stats of
-    :func:`gpumask.mask_labels` per row as numpy arrays (trained tokens, tokens per role,
-    dropped turns), to say why a row has no trained token: the labels and stats of the padded
-    batch of layout `keep` (:func:`gpumask.padding.layout`), computed on the rows' tokens
-    alone. `generator` gives the draws of `spec.ignore_token_prob`, made over the padded
-    batch as `mask_labels` makes them, so that the same seed drops the same tokens.
+) -> PackedLabels:
+    """Labels of the rows of `packed` (`[N]`, end to end), the stats of
+    :func:`gpumask.mask_labels` per row (trained tokens, tokens per role, dropped turns, to say
+    why a row has no trained token), the trained tokens and where their runs start, as numpy
+    arrays (:class:`gpumask.torch_backend.PackedLabels`): those of the padded batch of layout
+    `keep` (:func:`gpumask.padding.layout`), computed on the rows' tokens alone. `generator`
+    gives the draws of `spec.ignore_token_prob`, made over the padded batch as `mask_labels`
+    makes them, so that the same seed drops the same tokens.
 
     Example::
 
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
         >>> packed = Packed.of([np.array([1, 11, 5, 2]), np.array([1, 10, 5])], None)
-        >>> labels, stats = mask_packed(packed, layout([4, 3], 4, "right"), spec, -100)
-        >>> labels.tolist(), stats["trained"].tolist(), stats["role_tokens"].tolist()
-        ([-100, -100, 5, 2, -100, -100, -100], [2, 0], [[0, 4, 0], [3, 0, 0]])
+        >>> result = mask_packed(packed, layout([4, 3], 4, "right"), spec, -100)
+        >>> result.labels.tolist(), result.stats["trained"].tolist()
+        ([-100, -100, 5, 2, -100, -100, -100], [2, 0])
+        >>> result.stats["role_tokens"].tolist(), result.run_starts.tolist()
+        ([[0, 4, 0], [3, 0, 0]], [2])
     """
     keep_t = torch.from_numpy(keep)
     uniforms = spec.draws(keep_t, generator)
-    labels, stats = mask_packed_rows(
+    return mask_packed_rows(
         torch.from_numpy(packed.ids),
         torch.from_numpy(packed.offsets),
         spec,
         ignore_index,
         None if packed.mask is None else torch.from_numpy(packed.real),
         None if uniforms is None else uniforms[keep_t],
-    )
-    return labels.numpy(), {key: value.numpy() for key, value in stats.items()}
+    ).numpy()
 
 
 def _check_draws(seed: int | None, generator: torch.Generator | None, mask_on: str) -> None:
@@ -256,22 +258,25 @@ class CompletionCollator:
         keep = layout(lengths, padded_length(lengths, self.pad_to_multiple_of), self.padding_side)
         labels = None
         if self.mask_on == "batch":
-            labels, stats = mask_packed(
-                packed, keep, self.spec, self.ignore_index, self._generator()
-            )
-            trained = labels != self.ignore_index
+            masked = mask_packed(packed, keep, self.spec, self.ignore_index, self._generator())
+            labels, stats, trained, run_starts = (
+                masked.labels, masked.stats, masked.trained, masked.run_starts
+            )  # fmt: skip
             if self.padding_free:
                 starts = sequence_starts(len(labels), None, torch.from_numpy(packed.offsets))
                 not_a_target_at_starts(torch.from_numpy(labels)[None], starts, self.ignore_index)
                 trained &= ~starts[0].numpy()
                 counted = np.concatenate([[0], np.cumsum(trained)])
                 stats["trained"] = counted[packed.offsets[1:]] - counted[packed.offsets[:-1]]
+                run_starts = None  # (a row's first token no longer trains)
             if self.warn:
                 reasons = row_reasons(
                     self.spec, packed, stats, original, self.max_length, self.truncation_side
                 )
                 warn_untrained("CompletionCollator", len(lengths), reasons, stacklevel=3)
-                empty = count_empty_turns_packed(packed.ids, trained, packed.offsets, self.spec)
+                empty = count_empty_turns_packed(
+                    packed.ids, trained, packed.offsets, self.spec, run_starts
+                )
                 warn_empty_turns("CompletionCollator", empty)
         if self.padding_free:
             return self._flatten(packed, labels)

@@ -51,13 +51,18 @@ def count_empty_turns(input_ids: np.ndarray, trained: np.ndarray, spec: MaskSpec
 
 
 def count_empty_turns_packed(
-    ids: np.ndarray, trained: np.ndarray, offsets: np.ndarray, spec: MaskSpec
+    ids: np.ndarray,
+    trained: np.ndarray,
+    offsets: np.ndarray,
+    spec: MaskSpec,
+    run_starts: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`count_empty_turns` for rows end to end: row i is `ids[offsets[i]:offsets[i + 1]]`
     (`trained` `[N]`), a count per row.
 
     Only the starts of trained runs are looked at (a few per turn), so it costs little beside
-    the masking.
+    the masking; `run_starts`, their sorted positions when the masking found them already
+    (:class:`gpumask.torch_backend.PackedLabels`), saves finding them here.
 
     Example::
 
@@ -69,11 +74,7 @@ def count_empty_turns_packed(
     """
     rows = offsets.shape[0] - 1
     trained = np.asarray(trained, dtype=bool)
-    run_start = trained.copy()
-    run_start[1:] &= ~trained[:-1]
-    inner = offsets[1:-1][offsets[1:-1] < trained.shape[0]]  # a row's first token starts a run
-    run_start[inner] = trained[inner]
-    starts = np.flatnonzero(run_start)
+    starts = _run_starts(trained, offsets) if run_starts is None else run_starts
     if starts.size == 0 or not spec.end_of_turn:
         return np.zeros(rows, dtype=np.int64)
     row = np.searchsorted(offsets[1:], starts, side="right")
@@ -91,6 +92,15 @@ def count_empty_turns_packed(
             fits = starts - len(header) >= row_start
             after_header |= fits & _matches(ids, np.where(fits, starts - len(header), -1), header)
     return np.bincount(row[eot_alone & after_header], minlength=rows).astype(np.int64)
+
+
+def _run_starts(trained: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Where runs of trained tokens start (a row's first token, when it trains, starts one)."""
+    run_start = trained.copy()
+    run_start[1:] &= ~trained[:-1]
+    inner = offsets[1:-1][offsets[1:-1] < trained.shape[0]]
+    run_start[inner] = trained[inner]
+    return np.flatnonzero(run_start)
 
 
 def empty_turns_message(counts: np.ndarray, names: list[str] | None = None) -> str | None:

@@ -118,7 +118,8 @@ def row_reasons(
 ) -> dict[int, str]:
     """{row: :func:`untrained_reason`} for every row of a batch with no trained token; `packed`
     holds the rows (:class:`gpumask.padding.Packed`), `stats` are those of
-    :func:`gpumask.collators.mask_packed`, `original` the row lengths before truncation."""
+    :func:`gpumask.collators.mask_packed` (`.stats`), `original` the row lengths before
+    truncation."""
     return {
         i: untrained_reason(
             spec,

@@ -73,6 +73,29 @@ Result = tuple[torch.Tensor, dict[str, torch.Tensor] | None]
 
 
 @dataclasses.dataclass(frozen=True)
+class PackedLabels:
+    """What :func:`mask_packed_rows` gives for rows packed end to end (`[N]` tokens): `labels`
+    `[N]`, `stats` per row, `trained` (bool `[N]`: the tokens that train) and `run_starts`,
+    the sorted positions where runs of trained tokens start (a row's first token, when it
+    trains, starts one), or None where rule 7 dropped tokens after the runs were found.
+    Tensors; numpy arrays after :meth:`numpy`."""
+
+    labels: torch.Tensor
+    stats: dict[str, torch.Tensor]
+    trained: torch.Tensor
+    run_starts: torch.Tensor | None
+
+    def numpy(self) -> PackedLabels:
+        """The same, as numpy arrays (no copy)."""
+        return PackedLabels(
+            self.labels.numpy(),
+            {key: value.numpy() for key, value in self.stats.items()},
+            self.trained.numpy(),
+            None if self.run_starts is None else self.run_starts.numpy(),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
 class Tables:
     """What the torch backend reads, for one spec on one device (built by :func:`tables`).
 
@@ -350,10 +373,11 @@ def mask_packed_rows(
     ignore_index: int,
     real: torch.Tensor | None = None,
     uniforms: torch.Tensor | None = None,
-) -> Result:
-    """(labels `[N]`, stats per row) of rows packed end to end in `ids` `[N]` (CPU, eager): row
-    i is `ids[offsets[i]:offsets[i + 1]]` (int64 offsets, empty rows allowed), `real` (bool
-    `[N]`, None: all) marks its real tokens, `uniforms` `[N]` are its draws of rule 7.
+) -> PackedLabels:
+    """The labels, stats per row and trained tokens (:class:`PackedLabels`) of rows packed end
+    to end in `ids` `[N]` (CPU, eager): row i is `ids[offsets[i]:offsets[i + 1]]` (int64
+    offsets, empty rows allowed), `real` (bool `[N]`, None: all) marks its real tokens,
+    `uniforms` `[N]` are its draws of rule 7.
 
     The labels of each row are those of the row masked alone, as in a padded batch, but no
     padding is read: this is the collators' path. Rows are masked in blocks of about
@@ -363,9 +387,9 @@ def mask_packed_rows(
 
         >>> spec = MaskSpec(roles={"user": [1, 10], "assistant": [1, 11]}, end_of_turn=[2])
         >>> ids = torch.tensor([1, 11, 6, 2, 1, 10, 7, 2, 11, 5])
-        >>> labels, stats = mask_packed_rows(ids, torch.tensor([0, 4, 4, 10]), spec, -100)
-        >>> labels.tolist(), stats["trained"].tolist()
-        ([-100, -100, 6, 2, -100, -100, -100, -100, -100, -100], [2, 0, 0])
+        >>> result = mask_packed_rows(ids, torch.tensor([0, 4, 4, 10]), spec, -100)
+        >>> result.labels.tolist(), result.stats["trained"].tolist(), result.run_starts.tolist()
+        ([-100, -100, 6, 2, -100, -100, -100, -100, -100, -100], [2, 0, 0], [2])
     """
     n_rows = offsets.shape[0] - 1
     cuts = [0, n_rows]
@@ -379,25 +403,36 @@ def mask_packed_rows(
     ]
     if len(parts) == 1:
         return parts[0]
-    labels = torch.cat([labels for labels, _ in parts])
-    return labels, {key: torch.cat([stats[key] for _, stats in parts]) for key in parts[0][1]}
+    run_starts = None
+    if all(part.run_starts is not None for part in parts):
+        run_starts = torch.cat([part.run_starts for part in parts])
+    return PackedLabels(
+        torch.cat([part.labels for part in parts]),
+        {key: torch.cat([part.stats[key] for part in parts]) for key in parts[0].stats},
+        torch.cat([part.trained for part in parts]),
+        run_starts,
+    )
 
 
-def _mask_packed_block(ids, offsets, spec, ignore_index, real, uniforms) -> Result:
+def _mask_packed_block(ids, offsets, spec, ignore_index, real, uniforms) -> PackedLabels:
     """:func:`mask_packed_rows` on the rows of `offsets` (a slice of the offsets)."""
     first, last = int(offsets[0]), int(offsets[-1])
     block = ids[first:last]
     local = offsets - first
     c = tables(spec, ids.device)
     if real is None:
-        trained, stats = _on_packed_runs(block, c, local)
+        trained, stats, run_starts = _on_packed_runs(block, c, local)
     else:
         seq_start = sequence_starts(last - first, None, local)
         real = real[first:last][None]
-        trained, stats = _on_marker_runs(block[None], c, real, seq_start, True, local)
+        trained, stats, run_starts = _on_marker_runs(block[None], c, real, seq_start, True, local)
     batch = Batch(block[None], uniforms=None if uniforms is None else uniforms[first:last][None])
     labels, stats = _labels(batch, c, trained, ignore_index, stats, local)
-    return labels[0], stats
+    if _drops(c):  # (trained in place: the runs found before the drops may have moved)
+        run_starts = None
+    return PackedLabels(
+        labels[0], stats, trained[0], None if run_starts is None else run_starts + first
+    )
 
 
 def mask_every_token(batch: Batch, spec: MaskSpec, ignore_index: int, with_stats: bool) -> Result:
@@ -430,7 +465,7 @@ def mask_on_marker_runs(
     """The rules on the marker tokens and one token per run of others (:func:`_on_marker_runs`):
     fewer tokens, but data-dependent shapes, so for eager calls on the CPU."""
     c = tables(spec, batch.input_ids.device)
-    trained, stats = _on_marker_runs(batch.input_ids, c, batch.real, batch.seq_start, with_stats)
+    trained, stats, _ = _on_marker_runs(batch.input_ids, c, batch.real, batch.seq_start, with_stats)
     return _labels(batch, c, trained, ignore_index, stats)
 
 
@@ -438,7 +473,7 @@ def _labels(batch: Batch, c: Tables, trained, ignore_index, stats, offsets=None)
     """Rule 7 (ignored ids), then the labels; `stats["trained"]` (when counted before rule 7)
     is recounted when rule 7 drops anything: per row, or per packed row of `offsets`."""
     input_ids, uniforms = batch.input_ids, batch.uniforms
-    if c.ignore_ids.numel() and c.ignore_token_prob > 0.0:
+    if _drops(c):
         drop = torch.isin(input_ids, c.ignore_ids.to(input_ids.dtype))
         if uniforms is not None:
             drop &= uniforms < c.ignore_token_prob
@@ -451,6 +486,11 @@ def _labels(batch: Batch, c: Tables, trained, ignore_index, stats, offsets=None)
     if "trained" not in stats:
         stats["trained"] = trained.sum(dim=1) if offsets is None else _sums(trained[0], offsets)
     return labels, {key: stats[key] for key in ("trained", "role_tokens", "dropped_turns")}
+
+
+def _drops(c: Tables) -> bool:
+    """Whether rule 7 can drop tokens (`ignore_token_ids` with a probability above 0)."""
+    return bool(c.ignore_ids.numel()) and c.ignore_token_prob > 0.0
 
 
 def _sums(flags: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -473,9 +513,10 @@ def _on_marker_runs(
     seq_start: torch.Tensor | None,
     with_stats: bool,
     offsets: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None, torch.Tensor | None]:
     """(trained, and with `with_stats` the stats: trained and role counts, dropped turns, per
-    row, or with `offsets` per packed row `offsets[i]:offsets[i + 1]` of a `[1, N]` batch),
+    row, or with `offsets` per packed row `offsets[i]:offsets[i + 1]` of a `[1, N]` batch, and
+    the flat positions where runs of trained tokens start, else None twice),
     by :func:`_trained_and_role` on a shorter sequence: the marker tokens (real tokens whose
     id some marker uses) and, of each run of other tokens, its first token only, which
     stands for the run.
@@ -514,18 +555,20 @@ def _on_marker_runs(
         row, rows = kept // length, batch
     else:
         row, rows = torch.searchsorted(offsets[1:], kept, right=True), offsets.shape[0] - 1
-    trained, stats = _on_kept(kept, kept_classes, starts, real_kept, c, flat.numel(), with_stats,
-                              row, rows)  # fmt: skip
-    return trained.view(batch, length), stats
+    n = flat.numel()
+    trained, stats, run_starts = _on_kept(kept, kept_classes, starts, real_kept, c, n, with_stats,
+                                          row, rows)  # fmt: skip
+    return trained.view(batch, length), stats, run_starts
 
 
 def _on_packed_runs(
     ids: torch.Tensor, c: Tables, offsets: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """:func:`_on_marker_runs` for rows packed end to end (`ids` `[N]`, every token real),
-    with stats per row: the kept tokens are the marker tokens, the token after each and each
-    row's first token, found from the positions of the marker tokens, so that the only passes
-    over the rows are the lookup of marker ids and the spreading back (trained `[1, N]`)."""
+    with stats per row and the starts of trained runs. The kept tokens are the marker tokens,
+    the token after each and each row's first token, found from the positions of the marker
+    tokens, so that the only passes over the rows are the lookup of marker ids and the
+    spreading back (trained `[1, N]`)."""
     n = ids.shape[0]
     flat = ids.numpy()
     direct = c.token_class is not None
@@ -546,9 +589,10 @@ def _on_packed_runs(
         classes = torch.from_numpy(_read_table(c.token_class, flat[kept.numpy()]))
     else:
         classes = token_classes(ids[kept], c)
-    trained, stats = _on_kept(kept, classes, torch.from_numpy(starts), None, c, n, True,
-                              torch.from_numpy(row), offsets.shape[0] - 1)  # fmt: skip
-    return trained[None], stats
+    starts, row = torch.from_numpy(starts), torch.from_numpy(row)
+    rows = offsets.shape[0] - 1
+    trained, stats, run_starts = _on_kept(kept, classes, starts, None, c, n, True, row, rows)
+    return trained[None], stats, run_starts
 
 
 def _read_table(table: torch.Tensor, ids: np.ndarray) -> np.ndarray:
@@ -570,8 +614,9 @@ def _on_kept(
     with_stats: bool,
     row: torch.Tensor,
     rows: int,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-    """(trained `[n]`, stats per row) from the kept tokens of :func:`_on_marker_runs`: their
+) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None, torch.Tensor | None]:
+    """(trained `[n]`, and with `with_stats` the stats per row and where runs of trained tokens
+    start, else None twice) from the kept tokens of :func:`_on_marker_runs`: their
     flat positions `kept` among `n` tokens, their `classes` (0 for the token standing for a
     plain run), whether a sequence `starts` there, whether they are `real` (None: all), and
     the `row` (of `rows`) each lies in."""
@@ -584,7 +629,10 @@ def _on_kept(
     # than a cumsum and a gather, or torch's repeat_interleave).
     trained_all = torch.from_numpy(np.repeat(trained.numpy(), counts.numpy()))
     if not with_stats:
-        return trained_all, None
+        return trained_all, None, None
+    # A run of trained tokens starts where a kept token trains and the one before it does not,
+    # or lies in another sequence.
+    run_starts = kept[trained & ~(F.pad(trained[:-1], (1, 0), value=False) & ~starts)]
     if real is not None:
         counts *= real
     trained_counts = torch.zeros(rows, dtype=torch.int64)
@@ -595,7 +643,7 @@ def _on_kept(
     if dropped is not None:
         dropped_turns.index_put_((row,), dropped[0].long(), accumulate=True)
     stats = {"trained": trained_counts, "role_tokens": role_tokens, "dropped_turns": dropped_turns}
-    return trained_all, stats
+    return trained_all, stats, run_starts
 
 
 def _trained_and_role(ids: torch.Tensor, c: Tables, seq_start: torch.Tensor | None):

@@ -223,7 +223,8 @@ class DataCollatorForCompletionOnlyLM:
         padding_side = getattr(self.tokenizer, "padding_side", None) or "right"
         packed = padding.Packed.of(rows, masks)
         keep = padding.layout(lengths, length, padding_side)
-        labels, stats = mask_packed(packed, keep, self.spec, self.ignore_index)
+        masked = mask_packed(packed, keep, self.spec, self.ignore_index)
+        labels, stats = masked.labels, masked.stats
         input_ids = padding.pad_joined(packed.ids, keep, 0 if pad_id is None else pad_id)
         if masks is None:
             attention_mask = keep.astype(np.int64)

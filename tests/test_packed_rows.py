@@ -26,7 +26,7 @@ from gpumask import (
     torch_backend,
 )
 from gpumask.collators import mask_packed
-from gpumask.empty_turns import count_empty_turns, count_empty_turns_packed
+from gpumask.empty_turns import _run_starts, count_empty_turns, count_empty_turns_packed
 from gpumask.padding import Packed, layout, split_examples
 from gpumask.torch_backend import mask_packed_rows
 
@@ -72,8 +72,14 @@ def assert_packed_matches_padded(case, padding_side="right"):
     spec, rows, masks, seed = ragged(case)
     want, want_stats, keep = padded_labels(spec, rows, masks, seed, padding_side)
     packed = Packed.of(rows, masks)
-    got, stats = mask_packed(packed, keep.numpy(), spec, X, torch.Generator().manual_seed(seed))
+    result = mask_packed(packed, keep.numpy(), spec, X, torch.Generator().manual_seed(seed))
+    got, stats = result.labels, result.stats
     assert got.tolist() == want.tolist()
+    assert result.trained.tolist() == (want != X).tolist()  # (no id is X here)
+    if result.run_starts is not None:  # the runs found by the masking: those of `trained`
+        assert result.run_starts.tolist() == _run_starts(result.trained, packed.offsets).tolist()
+    else:
+        assert spec.ignore_token_ids and spec.ignore_token_prob > 0
     for key in ("trained", "role_tokens"):
         assert stats[key].tolist() == want_stats[key].tolist(), key
     # Turns dropped by rule 5 are counted on the rows' tokens: as in the right-padded batch,
@@ -103,7 +109,8 @@ def test_blocks_are_whole_rows_and_empty_rows_count_nothing():
     whole = mask_packed_rows(ids, offsets, SPEC, X)
     with mock.patch.object(torch_backend, "CPU_BLOCK_TOKENS", 4):
         blocked = mask_packed_rows(ids, offsets, SPEC, X)
-    for labels, stats in (whole, blocked):
+    for result in (whole, blocked):
+        labels, stats = result.labels, result.stats
         assert labels.tolist() == ROW_LABELS + SHORT_LABELS + ROW_LABELS
         assert stats["trained"].tolist() == [0, 3, 0, 2, 3, 0]
         assert stats["role_tokens"].tolist() == [
@@ -228,7 +235,8 @@ def test_packed_rows_read_negative_large_and_marker_ids_as_the_padded_batch(role
         torch.tensor([-1, h, 6, 2**62, 2, 5, -1, 6, 9]),  # -1 then 6 is no header
     ]
     want, want_stats, keep = padded_labels(spec, rows, None, 0, "right")
-    got, stats = mask_packed(Packed.of(rows, None), keep.numpy(), spec, X)
+    result = mask_packed(Packed.of(rows, None), keep.numpy(), spec, X)
+    got, stats = result.labels, result.stats
     assert got.tolist() == want.tolist()
     tail = [-(2**63), 2**63 - 1, 2, X]
     assert got.tolist() == [X] * 7 + tail + [X, X, 7, 2] + [X, X, X, 2**62, 2, X, X, X, X]
