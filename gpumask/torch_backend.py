@@ -27,8 +27,10 @@ per run of other tokens only and spreads the result back. Eager CPU calls mask l
 in blocks of whole rows (about `CPU_BLOCK_TOKENS` each), so that every intermediate stays in
 reused memory instead of fresh pages; compiled calls do not (the block count would be a guard
 on the batch size). The collators call :func:`mask_packed_rows`, the same path on their rows
-packed end to end, so that no padding is read, with stats per row. All paths give the same
-labels.
+packed end to end, so that no padding is read, with stats per row; when every token is real
+(no attention mask with zeros) it finds the kept tokens from the positions of the marker
+tokens, so that a batch costs two passes over its tokens beside the labels (the marker-id
+lookup and the spreading back). All paths give the same labels.
 
 Tables. :func:`tables` builds what the matching reads from `spec.markers`, once per spec and
 device (cached on the spec).
