@@ -291,7 +291,10 @@ def _span_automaton(
     steps = 31 if torch.compiler.is_compiling() else max(length - 1, 0).bit_length()
     positions = torch.arange(length, dtype=torch.int32, device=f.device)[:, None]
     for i in range(steps):
-        shifted = F.pad(f, (0, 0, 1 << i, 0))[:, :length]  # f at t - 2**i
+        # f at t - 2**i where t >= 2**i (a roll, which wraps the first 2**i positions round:
+        # those read `states` below); padding by 2**i instead would allocate up to 2**30
+        # positions in the steps past log2(T).
+        shifted = torch.roll(f, 1 << i, 1)
         earlier = torch.where(positions < 1 << i, states, shifted)
         del shifted
         f = torch.gather(f, 2, earlier.long())
