@@ -164,6 +164,39 @@ def test_attached_model_compiles_over_ten_shapes_in_at_most_two_graphs():
     assert breaks == [] and frames <= 2
 
 
+def _peak_bytes(prof) -> int:
+    """The most memory live at once among the allocations `prof` recorded."""
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def test_span_automaton_at_its_compiled_step_count_allocates_only_the_batch():
+    """Under torch.compile the automaton of several span kinds runs 31 steps whatever the
+    length (so that the step count is no guard on a dynamic T); run unfused (a backend
+    without Inductor), its shifts by 2**i must not allocate past the batch, as padding did
+    (12.4 GiB for one call at 4 x 28)."""
+    from unittest import mock
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from gpumask.padding import Batch
+    from gpumask.torch_backend import mask_every_token
+
+    chat = spec(masked_spans=[([8], [9]), ([10], [11])])
+    ids, expected = parse("@assistant *a <tr> x </tc> </tr> *b <tc> y </tc> *E")
+    batch = Batch(ids)
+    mask_every_token(batch, chat, -100, False)  # tables built before measuring
+    with mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            labels, _ = mask_every_token(batch, chat, -100, False)
+    assert labels[0].tolist() == expected
+    assert _peak_bytes(prof) < 1 << 20  # (a few KiB for 13 tokens)
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("shape", [(1, 2**16), (4, 2**14)])
 def test_every_token_path_allocates_at_most_8x_the_ids(shape, dtype):
@@ -179,10 +212,5 @@ def test_every_token_path_allocates_at_most_8x_the_ids(shape, dtype):
     mask_every_token(batch, chat, -100, False)  # tables built before measuring
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         labels, _ = mask_every_token(batch, chat, -100, False)
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    live = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        live += event.nbytes()
-        peak = max(peak, live)
     assert labels[0, : len(expected)].tolist() == expected
-    assert peak <= 8 * ids.numel() * ids.element_size()
+    assert _peak_bytes(prof) <= 8 * ids.numel() * ids.element_size()
