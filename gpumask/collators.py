@@ -50,7 +50,7 @@ from gpumask.padding import (
 )
 from gpumask.reports import NoTrainedTokensWarning, row_reasons, warn_untrained
 from gpumask.spec import MaskSpec
-from gpumask.torch_backend import PackedLabels, mask_packed_rows
+from gpumask.torch_backend import PackedLabels, count_in_rows, mask_packed_rows
 
 __all__ = ["CompletionCollator", "NoTrainedTokensWarning", "mask_packed"]
 
@@ -263,11 +263,11 @@ class CompletionCollator:
                 masked.labels, masked.stats, masked.trained, masked.run_starts
             )  # fmt: skip
             if self.padding_free:
-                starts = sequence_starts(len(labels), None, torch.from_numpy(packed.offsets))
+                offsets = torch.from_numpy(packed.offsets)
+                starts = sequence_starts(len(labels), None, offsets)
                 not_a_target_at_starts(torch.from_numpy(labels)[None], starts, self.ignore_index)
                 trained &= ~starts[0].numpy()
-                counted = np.concatenate([[0], np.cumsum(trained)])
-                stats["trained"] = counted[packed.offsets[1:]] - counted[packed.offsets[:-1]]
+                stats["trained"] = count_in_rows(torch.from_numpy(trained), offsets).numpy()
                 run_starts = None  # (a row's first token no longer trains)
             if self.warn:
                 reasons = row_reasons(

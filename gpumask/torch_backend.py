@@ -489,7 +489,9 @@ def _labels(batch: Batch, c: Tables, trained, ignore_index, stats, offsets=None)
     if stats is None:
         return labels, None
     if "trained" not in stats:
-        stats["trained"] = trained.sum(dim=1) if offsets is None else _sums(trained[0], offsets)
+        stats["trained"] = (
+            trained.sum(dim=1) if offsets is None else count_in_rows(trained[0], offsets)
+        )
     return labels, {key: stats[key] for key in ("trained", "role_tokens", "dropped_turns")}
 
 
@@ -498,8 +500,12 @@ def _drops(c: Tables) -> bool:
     return bool(c.ignore_ids.numel()) and c.ignore_token_prob > 0.0
 
 
-def _sums(flags: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """The count of `flags` (bool `[N]`) in each span `offsets[i]:offsets[i + 1]`."""
+def count_in_rows(flags: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """The count of `flags` (bool `[N]`) in each packed row `offsets[i]:offsets[i + 1]`.
+
+    >>> count_in_rows(torch.tensor([True, False, True, True]), torch.tensor([0, 1, 1, 4]))
+    tensor([1, 0, 2])
+    """
     total = F.pad(torch.cumsum(flags, 0), (1, 0))
     return total[offsets[1:]] - total[offsets[:-1]]
 
